@@ -1,0 +1,66 @@
+"""`simmoe` command line: one module per command group, each with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from simmoe.errors import InputError
+
+# Command modules, in the order `simmoe --help` lists them. Each defines register(subparsers) and sets
+# `func` on its parsers: func(args) -> int exit status.
+COMMAND_MODULES = [
+    "simmoe.cli.replay_cmd",
+    "simmoe.cli.trace_cmd",
+    "simmoe.cli.hw_cmd",
+    "simmoe.cli.models_cmd",
+    "simmoe.cli.policies_cmd",
+    "simmoe.cli.bench_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="simmoe",
+        description="Discrete-event simulator of Mixture-of-Experts serving on constrained hardware.",
+    )
+    from simmoe import __version__
+
+    parser.add_argument("--version", action="version", version=f"simmoe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for modname in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:  # command not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"simmoe: error: {e.line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simmoe: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

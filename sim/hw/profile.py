@@ -1,0 +1,214 @@
+"""Hardware profiles: a strict YAML schema (units in key names, unknown keys rejected).
+
+A profile describes one machine: the GPU, the host thread that launches work on it, the PCIe link, the CPU
+and optionally an NVMe tier. `source` says whether the figures come from a datasheet or from `simmoe
+calibrate`; calibrated profiles may carry measured kernel tables that replace the roofline estimates.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simmoe.errors import InputError
+
+Pos = Annotated[float, Field(gt=0)]
+NonNeg = Annotated[float, Field(ge=0)]
+Frac = Annotated[float, Field(gt=0, le=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuSpec(_Strict):
+    name: str
+    memory_gib: Pos
+    reserved_gib: NonNeg = 0.75  # CUDA context, allocator slack, workspace
+    hbm_gbps: Pos
+    # Dense tensor-core peaks by dtype name (bf16, fp16, fp8, int8, fp32), TFLOP/s.
+    peak_tflops: dict[str, Pos]
+    matmul_efficiency: Frac = 0.7  # achieved fraction of peak for large GEMMs
+    membw_efficiency: Frac = 0.8  # achieved fraction of hbm_gbps when streaming weights
+    kernel_min_us: NonNeg = 3.0  # the shortest kernel's duration on the GPU
+    unified_memory: bool = False  # host and GPU share DRAM (Jetson): experts need no PCIe copy
+    sm_count: int | None = None
+
+
+class HostSpec(_Strict):
+    """The host thread of an eager framework: launching work costs host time."""
+
+    launch_overhead_us: NonNeg = 8.0  # host time to launch one kernel
+    copy_issue_us: NonNeg = 6.0  # host time to issue one async copy
+    sync_us: NonNeg = 15.0  # host time for a synchronising read-back (.cpu(), .item())
+    # Kernels an eager implementation launches (framework facts; calibrate can measure the launch cost).
+    kernels_per_attention: int = Field(12, ge=0)
+    kernels_per_router: int = Field(4, ge=0)
+    kernels_per_expert: int = Field(6, ge=1)
+    kernels_per_dense_ffn: int = Field(4, ge=0)
+    kernels_per_step: int = Field(6, ge=0)  # embedding, final norm, lm_head, sampling
+
+
+class PcieSpec(_Strict):
+    link: str = ""  # e.g. "PCIe 4.0 x16" (documentation)
+    h2d_pinned_gbps: Pos
+    d2h_pinned_gbps: Pos
+    h2d_pageable_gbps: Pos
+    d2h_pageable_gbps: Pos
+    latency_us: NonNeg = 10.0
+    copy_engines: int = Field(2, ge=1, le=8)  # 1: H2D and D2H share one DMA engine
+
+
+class CpuSpec(_Strict):
+    name: str
+    cores: int = Field(ge=1)
+    memory_gib: Pos
+    memory_gbps: Pos
+    peak_gflops: Pos  # dense GEMM peak at the experts' working precision, all cores
+    matmul_efficiency: Frac = 0.5
+    membw_efficiency: Frac = 0.6
+    expert_overhead_us: NonNeg = 30.0  # fixed cost per expert call (thread-pool dispatch)
+
+
+class NvmeSpec(_Strict):
+    read_gbps: Pos
+    latency_us: NonNeg = 80.0
+
+
+class KernelTable(_Strict):
+    """Measured time of one kernel shape over token counts (interpolated linearly, extrapolated by slope)."""
+
+    tokens: list[Annotated[int, Field(ge=1)]]
+    us: list[Pos]
+
+    @model_validator(mode="after")
+    def _check(self) -> KernelTable:
+        if len(self.tokens) != len(self.us) or not self.tokens:
+            raise ValueError("tokens and us must be non-empty and of equal length")
+        if any(b <= a for a, b in zip(self.tokens, self.tokens[1:])):
+            raise ValueError("tokens must be strictly increasing")
+        return self
+
+
+class KernelTables(_Strict):
+    """Calibrated kernel times keyed by expert shape 'd_model x d_ff x activation : dtype'."""
+
+    expert_ffn_gpu: dict[str, KernelTable] = {}
+    expert_ffn_cpu: dict[str, KernelTable] = {}
+
+
+class CalibrationInfo(_Strict):
+    date: str
+    machine: dict[str, str] = {}
+    residuals: dict[str, float] = {}  # fit name -> relative RMS residual
+    measurements: str = ""  # CSV of raw measurements, relative to the profile
+
+
+class HwProfile(_Strict):
+    name: str
+    description: str = ""
+    source: Literal["datasheet", "calibrated"]
+    references: list[str] = []
+    price_usd_per_hour: NonNeg | None = None
+    price_source: str = ""
+    gpu: GpuSpec
+    host: HostSpec = HostSpec()
+    pcie: PcieSpec
+    cpu: CpuSpec
+    nvme: NvmeSpec | None = None
+    kernels: KernelTables = KernelTables()
+    calibration: CalibrationInfo | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> HwProfile:
+        if self.gpu.reserved_gib >= self.gpu.memory_gib:
+            raise ValueError("gpu.reserved_gib must be below gpu.memory_gib")
+        if self.source == "calibrated" and self.calibration is None:
+            raise ValueError("a calibrated profile needs a calibration: section (date, machine)")
+        return self
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        return int(self.gpu.memory_gib * 2**30)
+
+    @property
+    def usable_gpu_bytes(self) -> int:
+        return int((self.gpu.memory_gib - self.gpu.reserved_gib) * 2**30)
+
+    def peak_flops(self, dtype: str) -> float:
+        """GPU dense peak FLOP/s for `dtype`, falling back to bf16/fp16 for narrower weight-only formats."""
+        pk = self.gpu.peak_tflops
+        for name in (dtype, "bf16", "fp16"):
+            if name in pk:
+                return pk[name] * 1e12
+        return max(pk.values()) * 1e12
+
+
+# ---- loading ------------------------------------------------------------------------------------------------
+def builtin_dir() -> Path:
+    return Path(str(resources.files("simmoe.hwprofiles")))
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def resolve_profile_path(name_or_path: str | Path) -> Path:
+    """`--hw` takes a built-in profile name or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in str(name_or_path):
+        if not p.is_file():
+            raise InputError(p, None, "profile file not found")
+        return p
+    cand = builtin_dir() / f"{name_or_path}.yaml"
+    if not cand.is_file():
+        raise InputError(str(name_or_path), None,
+                         f"no such hardware profile; built-in: {', '.join(list_profiles())}")
+    return cand
+
+
+def _date_to_str(obj: object) -> object:
+    # YAML turns 2026-11-23 into a date; the schema keeps dates as strings.
+    if isinstance(obj, dict):
+        return {k: _date_to_str(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_date_to_str(v) for v in obj]
+    if isinstance(obj, (_dt.date, _dt.datetime)):
+        return obj.isoformat()
+    return obj
+
+
+def profile_from_dict(data: object, source: str | Path) -> HwProfile:
+    if not isinstance(data, dict):
+        raise InputError(source, None, "a profile must be a YAML mapping")
+    try:
+        return HwProfile.model_validate(_date_to_str(data))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or None
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see hwprofiles/README.md for the schema)"
+        raise InputError(source, loc, msg) from None
+
+
+def load_profile(name_or_path: str | Path) -> HwProfile:
+    path = resolve_profile_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise InputError(path, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
+    except OSError as e:
+        raise InputError(path, None, f"cannot read ({e.strerror})") from None
+    return profile_from_dict(data, path)
+
+
+def dump_profile(profile: HwProfile) -> str:
+    return yaml.safe_dump(profile.model_dump(exclude_defaults=False), sort_keys=False)

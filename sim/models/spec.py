@@ -1,0 +1,211 @@
+"""ModelSpec: the shapes of an MoE model that decide its memory footprint and its compute.
+
+Only what the simulator needs: parameter counts and bytes by precision, FLOPs per token, KV bytes per token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from simmoe.errors import InputError
+
+# Bytes per parameter by precision name. mxfp4 = 4-bit values + one 8-bit scale per 32 values.
+BYTES_PER_PARAM: dict[str, float] = {
+    "fp32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "mxfp4": 4.25 / 8,
+    "int4": 0.5,
+    "int3": 0.375,
+    "int2": 0.25,
+}
+
+ACTIVATIONS = ("swiglu", "geglu", "relu", "gelu")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shapes of an MoE transformer.
+
+    MoE layers are the transformer layers listed in `moe_layers` (indices into 0..num_layers-1); the others
+    have a dense FFN of width `dense_d_ff`. Routed experts all have width `expert_d_ff`; `num_shared_experts`
+    always-active experts of width `shared_d_ff` sit beside the router in every MoE layer.
+    """
+
+    name: str
+    num_layers: int
+    moe_layers: tuple[int, ...]
+    num_experts: int
+    top_k: int
+    d_model: int
+    expert_d_ff: int
+    activation: str = "swiglu"
+    num_shared_experts: int = 0
+    shared_d_ff: int = 0
+    dense_d_ff: int = 0
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    # Multi-head latent attention (DeepSeek-V2/V3): KV cache holds kv_lora_rank + rope dim per token.
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    # Attention parameter count when the q/k/v/o formula does not fit (e.g. MLA); 0 = derive from heads.
+    attn_params_override: int = 0
+    vocab_size: int = 32000
+    tie_embeddings: bool = False
+    dtype: str = "bf16"  # precision of dense weights and activations
+    expert_dtype: str = "bf16"  # precision experts are stored in
+    expert_bias: bool = False
+    reference: str = ""  # where the shapes come from (config.json of the published checkpoint)
+
+    # ---- validation -------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        src = f"model {self.name!r}"
+        for name in ("num_layers", "num_experts", "top_k", "d_model", "expert_d_ff", "num_heads", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise InputError(src, name, f"must be > 0, got {getattr(self, name)}")
+        if self.top_k > self.num_experts:
+            raise InputError(src, "top_k", f"{self.top_k} exceeds num_experts {self.num_experts}")
+        if self.activation not in ACTIVATIONS:
+            raise InputError(src, "activation", f"unknown {self.activation!r}; expected one of {ACTIVATIONS}")
+        for name in ("dtype", "expert_dtype"):
+            if getattr(self, name) not in BYTES_PER_PARAM:
+                raise InputError(src, name, f"unknown precision {getattr(self, name)!r}; expected one of "
+                                 f"{sorted(BYTES_PER_PARAM)}")
+        if not self.moe_layers:
+            raise InputError(src, "moe_layers", "no MoE layers")
+        if any(not 0 <= i < self.num_layers for i in self.moe_layers) or len(set(self.moe_layers)) != len(
+            self.moe_layers
+        ):
+            raise InputError(src, "moe_layers", f"must be distinct indices in [0, {self.num_layers})")
+        if len(self.moe_layers) < self.num_layers and self.dense_d_ff <= 0:
+            raise InputError(src, "dense_d_ff", "dense layers present but dense_d_ff is 0")
+
+    # ---- shapes -----------------------------------------------------------------------------------------
+    @property
+    def num_moe_layers(self) -> int:
+        return len(self.moe_layers)
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    def _ffn_params(self, d_ff: int) -> int:
+        mats = 3 if self.activation in ("swiglu", "geglu") else 2
+        return mats * self.d_model * d_ff
+
+    @property
+    def expert_params(self) -> int:
+        """Parameters of one routed expert (biases included when the model has them)."""
+        p = self._ffn_params(self.expert_d_ff)
+        if self.expert_bias:
+            mats = 3 if self.activation in ("swiglu", "geglu") else 2
+            p += (mats - 1) * self.expert_d_ff + self.d_model
+        return p
+
+    def expert_bytes(self, dtype: str | None = None) -> int:
+        """Bytes of one routed expert's weights at `dtype` (default: the model's expert dtype)."""
+        return int(round(self.expert_params * BYTES_PER_PARAM[dtype or self.expert_dtype]))
+
+    @property
+    def attn_params(self) -> int:
+        if self.attn_params_override:
+            return self.attn_params_override
+        q = self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        return self.d_model * (q + 2 * kv) + q * self.d_model
+
+    @property
+    def router_params(self) -> int:
+        return self.d_model * self.num_experts
+
+    @property
+    def shared_params(self) -> int:
+        return self.num_shared_experts * self._ffn_params(self.shared_d_ff) if self.num_shared_experts else 0
+
+    def layer_dense_params(self, layer: int) -> int:
+        """Parameters that are always resident in a layer: attention, norms, router, shared experts, dense FFN."""
+        p = self.attn_params + 2 * self.d_model
+        if layer in self._moe_set:
+            p += self.router_params + self.shared_params
+        else:
+            p += self._ffn_params(self.dense_d_ff)
+        return p
+
+    @property
+    def _moe_set(self) -> frozenset[int]:
+        return frozenset(self.moe_layers)
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
+
+    @property
+    def dense_params(self) -> int:
+        """All non-routed-expert parameters (the part kept on the GPU by offloading systems)."""
+        return sum(self.layer_dense_params(i) for i in range(self.num_layers)) + self.embedding_params
+
+    @property
+    def total_params(self) -> int:
+        return self.dense_params + self.num_moe_layers * self.num_experts * self.expert_params
+
+    @property
+    def active_params(self) -> int:
+        return self.dense_params + self.num_moe_layers * self.top_k * self.expert_params
+
+    def dense_bytes(self) -> int:
+        return int(round(self.dense_params * BYTES_PER_PARAM[self.dtype]))
+
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes per token over all layers."""
+        if self.kv_lora_rank:
+            per_layer = self.kv_lora_rank + self.qk_rope_head_dim
+        else:
+            per_layer = 2 * self.num_kv_heads * self.head_dim
+        return int(per_layer * self.num_layers * BYTES_PER_PARAM[self.dtype])
+
+    def expert_flops(self, tokens: int) -> float:
+        """FLOPs of one expert applied to `tokens` tokens (2 per multiply-add)."""
+        return 2.0 * self._ffn_params(self.expert_d_ff) * tokens
+
+    # ---- (de)serialisation ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["moe_layers"] = list(self.moe_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "model_spec") -> ModelSpec:
+        if not isinstance(d, dict):
+            raise InputError(source, "model_spec", "must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(source, f"model_spec.{unknown[0]}", f"unknown key; valid keys: {sorted(known)}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise InputError(source, f"model_spec.{missing[0]}", "missing")
+        kw = dict(d)
+        try:
+            kw["moe_layers"] = tuple(int(x) for x in kw["moe_layers"])
+        except (TypeError, ValueError):
+            raise InputError(source, "model_spec.moe_layers", "must be a list of integers") from None
+        for f in dataclasses.fields(cls):
+            if f.name in kw and f.type in ("int",) and not isinstance(kw[f.name], int):
+                raise InputError(source, f"model_spec.{f.name}", f"must be an integer, got {kw[f.name]!r}")
+        return cls(**kw)
+
+    def truncated(self, num_moe_layers: int) -> ModelSpec:
+        """The same model keeping only its first `num_moe_layers` MoE layers (a truncated capture)."""
+        if num_moe_layers >= self.num_moe_layers:
+            return self
+        keep = self.moe_layers[:num_moe_layers]
+        last = keep[-1]
+        return dataclasses.replace(self, num_layers=last + 1, moe_layers=keep)
+
+
