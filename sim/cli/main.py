@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "simmoe.cli.models_cmd",
     "simmoe.cli.policies_cmd",
     "simmoe.cli.bench_cmd",
+    "simmoe.cli.calibrate_cmd",
 ]
 
 
