@@ -8,13 +8,22 @@ calibrate`; calibrated profiles may carry measured kernel tables that replace th
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
+import os
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from simmoe.errors import InputError
 
 Pos = Annotated[float, Field(gt=0)]
@@ -22,8 +31,13 @@ NonNeg = Annotated[float, Field(ge=0)]
 Frac = Annotated[float, Field(gt=0, le=1)]
 
 
+# Names accepted as keys of gpu.peak_tflops (a closed set, so that a typo such as `bf61` is an error).
+PeakDtype = Literal["fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "int4"]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` for a bandwidth would make every copy free; reject it like a negative.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GpuSpec(_Strict):
@@ -32,12 +46,20 @@ class GpuSpec(_Strict):
     reserved_gib: NonNeg = 0.75  # CUDA context, allocator slack, workspace
     hbm_gbps: Pos
     # Dense tensor-core peaks by dtype name (bf16, fp16, fp8, int8, fp32), TFLOP/s.
-    peak_tflops: dict[str, Pos]
+    peak_tflops: Annotated[dict[PeakDtype, Pos], Field(min_length=1)]
     matmul_efficiency: Frac = 0.7  # achieved fraction of peak for large GEMMs
     membw_efficiency: Frac = 0.8  # achieved fraction of hbm_gbps when streaming weights
     kernel_min_us: NonNeg = 3.0  # the shortest kernel's duration on the GPU
     unified_memory: bool = False  # host and GPU share DRAM (Jetson): experts need no PCIe copy
-    sm_count: int | None = None
+    sm_count: int | None = Field(None, ge=1)
+
+    @field_validator("reserved_gib")
+    @classmethod
+    def _reserved_below_memory(cls, v: float, info: ValidationInfo) -> float:
+        mem = info.data.get("memory_gib")  # absent when memory_gib itself failed validation
+        if mem is not None and v >= mem:
+            raise ValueError(f"must be below gpu.memory_gib ({mem:g}), got {v:g}")
+        return v
 
 
 class HostSpec(_Strict):
@@ -90,7 +112,7 @@ class KernelTable(_Strict):
     def _check(self) -> KernelTable:
         if len(self.tokens) != len(self.us) or not self.tokens:
             raise ValueError("tokens and us must be non-empty and of equal length")
-        if any(b <= a for a, b in zip(self.tokens, self.tokens[1:])):
+        if any(b <= a for a, b in zip(self.tokens, self.tokens[1:], strict=False)):
             raise ValueError("tokens must be strictly increasing")
         return self
 
@@ -122,15 +144,14 @@ class HwProfile(_Strict):
     cpu: CpuSpec
     nvme: NvmeSpec | None = None
     kernels: KernelTables = KernelTables()
-    calibration: CalibrationInfo | None = None
+    calibration: CalibrationInfo | None = Field(None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _check(self) -> HwProfile:
-        if self.gpu.reserved_gib >= self.gpu.memory_gib:
-            raise ValueError("gpu.reserved_gib must be below gpu.memory_gib")
-        if self.source == "calibrated" and self.calibration is None:
+    @field_validator("calibration")
+    @classmethod
+    def _calibrated_needs_info(cls, v: CalibrationInfo | None, info: ValidationInfo) -> CalibrationInfo | None:
+        if v is None and info.data.get("source") == "calibrated":
             raise ValueError("a calibrated profile needs a calibration: section (date, machine)")
-        return self
+        return v
 
     @property
     def gpu_memory_bytes(self) -> int:
@@ -159,9 +180,17 @@ def list_profiles() -> list[str]:
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:
-    """`--hw` takes a built-in profile name or a path to a YAML file."""
+    """`--hw` takes a built-in profile name or a path to a YAML file.
+
+    A path is anything ending in .yaml/.yml, containing a path separator, or naming an existing file;
+    anything else is a built-in profile name (so a folder that happens to be called `rtx3090` in the
+    working directory does not hide the built-in profile).
+    """
+    s = str(name_or_path)
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in str(name_or_path):
+    if p.suffix in (".yaml", ".yml") or "/" in s or os.sep in s or p.is_file():
+        if p.is_dir():
+            raise InputError(p, None, "is a folder, not a profile file")
         if not p.is_file():
             raise InputError(p, None, "profile file not found")
         return p
@@ -183,28 +212,80 @@ def _date_to_str(obj: object) -> object:
     return obj
 
 
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section that holds the key at `loc` (for a did-you-mean hint)."""
+    model: Any = HwProfile
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                      and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
 def profile_from_dict(data: object, source: str | Path) -> HwProfile:
     if not isinstance(data, dict):
         raise InputError(source, None, "a profile must be a YAML mapping")
     try:
         return HwProfile.model_validate(_date_to_str(data))
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or None
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        errors = e.errors()
+        # A misspelt key also makes the correctly spelt one "missing": report the misspelling first.
+        err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+        parts = [str(x) for x in err["loc"] if x != "[key]"]
+        loc = ".".join(parts) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        if "[key]" in err["loc"]:  # a dict key outside its closed set (gpu.peak_tflops dtype names)
+            msg = f"unknown key; {msg[0].lower()}{msg[1:]}"
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see hwprofiles/README.md for the schema)"
+            close = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(err["loc"]), n=1)
+            if close:
+                msg = f"unknown key; did you mean {close[0]!r}? (see hwprofiles/README.md for the schema)"
+        shown = err.get("input")
+        if err["type"] not in ("missing", "extra_forbidden") and "[key]" not in err["loc"] \
+                and isinstance(shown, (int, float, str, bool)) and not msg.endswith(f"got {shown}"):
+            msg = f"{msg} (got {shown!r})"
         raise InputError(source, loc, msg) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML silently keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # construct_mapping reports unhashable keys as a YAML error
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
 def load_profile(name_or_path: str | Path) -> HwProfile:
     path = resolve_profile_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         raise InputError(path, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError:
+        raise InputError(path, None, "not valid YAML (not UTF-8 text)") from None
     except OSError as e:
         raise InputError(path, None, f"cannot read ({e.strerror})") from None
     return profile_from_dict(data, path)

@@ -1,0 +1,113 @@
+"""`simmoe hw`: hardware profiles.
+
+    simmoe hw                      table of the built-in profiles
+    simmoe hw list [--json]        the same (rows as JSON with --json)
+    simmoe hw show NAME_OR_PATH    one profile, validated, as YAML with every default filled in
+    simmoe hw show X --json        the same as JSON
+
+NAME_OR_PATH resolves as `--hw` does: a built-in profile name (see `simmoe hw list`), or a path to a YAML
+file (anything ending in .yaml/.yml, containing a '/', or naming an existing file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from simmoe.hw.profile import (
+    HwProfile,
+    dump_profile,
+    list_profiles,
+    load_profile,
+    resolve_profile_path,
+)
+
+# (row key, column title, alignment, number format)
+_COLUMNS = (
+    ("name", "name", "<", ""),
+    ("gpu", "GPU", "<", ""),
+    ("memory_gib", "memory GiB", ">", ".2f"),
+    ("hbm_gbps", "HBM GB/s", ">", ",.1f"),
+    ("bf16_tflops", "bf16 TFLOP/s", ">", ",.1f"),
+    ("h2d_pinned_gbps", "PCIe H2D pinned GB/s", ">", ".1f"),
+    ("source", "source", "<", ""),
+    ("price_usd_per_hour", "$/h", ">", ".2f"),
+)
+
+
+def summary_row(name: str, profile: HwProfile) -> dict[str, Any]:
+    """One table row. bf16 is None where the GPU has no bf16 tensor cores (T4: the engine uses fp16)."""
+    return {
+        "name": name,
+        "gpu": profile.gpu.name,
+        "memory_gib": profile.gpu.memory_gib,
+        "hbm_gbps": profile.gpu.hbm_gbps,
+        "bf16_tflops": profile.gpu.peak_tflops.get("bf16"),
+        "h2d_pinned_gbps": profile.pcie.h2d_pinned_gbps,
+        "source": profile.source,
+        "price_usd_per_hour": profile.price_usd_per_hour,
+    }
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and spec:
+        return format(v, spec)
+    return str(v)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    cells = [[title for _, title, _, _ in _COLUMNS]]
+    for r in rows:
+        cells.append([_fmt(r[key], spec) for key, _, _, spec in _COLUMNS])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [f"{c:{align}{w}}" for c, (_, _, align, _), w in zip(row, _COLUMNS, widths, strict=True)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = [summary_row(name, load_profile(name)) for name in list_profiles()]
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    path = resolve_profile_path(args.profile)
+    profile = load_profile(path)
+    if getattr(args, "json", False):
+        print(json.dumps(profile.model_dump(), indent=2))
+    else:
+        sys.stdout.write(f"# {profile.name}: validated, every default filled in (from {path})\n")
+        sys.stdout.write(dump_profile(profile))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "hw", help="list the built-in hardware profiles, or show one profile",
+        description="Hardware profiles (GPU, host dispatch, PCIe, CPU, NVMe). Datasheet profiles ship with "
+        "simmoe; `simmoe calibrate` writes calibrated ones. See hwprofiles/README.md for the schema.",
+    )
+    p.add_argument("--json", action="store_true", help="print the table rows as JSON")
+    p.set_defaults(func=_cmd_list)
+    sub = p.add_subparsers(dest="hw_command", metavar="SUBCOMMAND")
+    ls = sub.add_parser("list", help="table of the built-in profiles (the default)")
+    # SUPPRESS: `simmoe hw --json list` keeps the flag given before the subcommand.
+    ls.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the table rows as JSON")
+    ls.set_defaults(func=_cmd_list)
+    show = sub.add_parser("show", help="print one profile, validated, as YAML with defaults filled in")
+    show.add_argument("profile", metavar="NAME_OR_PATH",
+                      help=f"a built-in profile ({', '.join(list_profiles())}) or a path to a YAML file")
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of YAML")
+    show.set_defaults(func=_cmd_show)

@@ -1,0 +1,115 @@
+"""`simmoe models`: the built-in model catalog.
+
+    simmoe models                  table of every catalog model
+    simmoe models --json           the same rows as JSON
+    simmoe models show NAME        one model's spec as YAML (loadable as a trace's model_spec)
+    simmoe models show NAME --json the same as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from simmoe.models.catalog import CATALOG, get_model, list_models
+from simmoe.models.spec import ModelSpec
+
+_COLUMNS = (
+    ("name", "name", "<"),
+    ("layers", "layers", ">"),
+    ("moe_layers", "MoE layers", ">"),
+    ("experts", "experts", ">"),
+    ("top_k", "top-k", ">"),
+    ("shared", "shared", ">"),
+    ("expert_dtype", "expert dtype", "<"),
+    ("expert_mb", "expert MB", ">"),
+    ("total_b", "total B", ">"),
+    ("active_b", "active B", ">"),
+    ("kv_kib_per_token", "KV KiB/token", ">"),
+)
+
+
+def summary_row(spec: ModelSpec) -> dict[str, Any]:
+    """One catalog row: counts, expert size at the expert dtype (MB = 10^6 bytes), params in billions."""
+    return {
+        "name": spec.name,
+        "layers": spec.num_layers,
+        "moe_layers": spec.num_moe_layers,
+        "experts": spec.num_experts,
+        "top_k": spec.top_k,
+        "shared": spec.num_shared_experts,
+        "expert_dtype": spec.expert_dtype,
+        "expert_mb": round(spec.expert_bytes() / 1e6, 2),
+        "total_b": round(spec.total_params / 1e9, 2),
+        "active_b": round(spec.active_params / 1e9, 2),
+        "kv_kib_per_token": round(spec.kv_bytes_per_token() / 1024, 2),
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    cells = [[title for _, title, _ in _COLUMNS]]
+    for r in rows:
+        cells.append([_fmt(r[key]) for key, _, _ in _COLUMNS])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [f"{c:{align}{w}}" for c, (_, _, align), w in zip(row, _COLUMNS, widths, strict=True)]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = [summary_row(CATALOG[name]) for name in list_models()]
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    spec = get_model(args.name, source="models show")
+    d = spec.to_dict()
+    if getattr(args, "json", False):
+        print(json.dumps(d, indent=2))
+    else:
+        import yaml
+
+        class _Dumper(yaml.SafeDumper):  # block mappings, but the layer list on one line
+            pass
+
+        _Dumper.add_representer(
+            list, lambda dumper, v: dumper.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
+        )
+        sys.stdout.write(yaml.dump(d, Dumper=_Dumper, sort_keys=False, width=10**6))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "models", help="list the built-in model catalog, or show one model's spec",
+        description="The built-in model catalog: shapes from each model's published config.json. "
+        "Expert MB is one routed expert at the model's expert dtype (10^6 bytes); total/active are "
+        "billions of parameters; KV KiB/token is over all layers at the model's dtype.",
+    )
+    p.add_argument("--json", action="store_true", help="print the table rows as JSON")
+    p.set_defaults(func=_cmd_list)
+    sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    ls = sub.add_parser("list", help="table of every catalog model (the default)")
+    # SUPPRESS: `simmoe models --json list` keeps the flag given before the subcommand.
+    ls.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the table rows as JSON")
+    ls.set_defaults(func=_cmd_list)
+    show = sub.add_parser("show", help="print one model's spec as YAML (or JSON)")
+    show.add_argument("name", help=f"catalog name: {', '.join(list_models())}")
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of YAML")
+    show.set_defaults(func=_cmd_show)

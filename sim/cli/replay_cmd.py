@@ -1,0 +1,92 @@
+"""`simmoe replay TRACE --hw HW [--policy NAME] [--opt k=v ...] ...`"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from simmoe.cli.options import check_output, parse_kv
+from simmoe.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="replay a routing trace on a hardware profile under a policy",
+                       description="Replay a routing trace on a hardware profile under a policy and print a "
+                                   "summary. Each run starts with a cold cache.")
+    p.add_argument("trace", help="simmoe-trace/1 .npz file")
+    p.add_argument("--hw", required=True, help="hardware profile: a built-in name (see `simmoe hw list`) or a YAML path")
+    p.add_argument("--policy", default="lru", help="cache policy or named system (see `simmoe policies`); "
+                                                   "module:Class for your own (default: lru)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="option of --policy (repeatable)")
+    p.add_argument("--prefetch", help="prefetch policy")
+    p.add_argument("--prefetch-opt", action="append", metavar="KEY=VALUE")
+    p.add_argument("--placement", help="placement policy (where missed experts are computed)")
+    p.add_argument("--placement-opt", action="append", metavar="KEY=VALUE")
+    p.add_argument("--batch", type=int, default=1, help="concurrent requests in the decode batch (default 1)")
+    p.add_argument("--prefill-chunk", type=int, help="prefill rows per step (default: whole prompt)")
+    p.add_argument("--host-memory", choices=("pinned", "pageable"), default="pinned",
+                   help="host memory holding offloaded experts (default pinned)")
+    p.add_argument("--copy-stream", choices=("separate", "compute"), default="separate",
+                   help="issue expert copies on a separate copy stream or on the compute stream")
+    p.add_argument("--engine", choices=("fast", "simpy"), default="fast",
+                   help="fast recurrence (default) or one SimPy event per kernel (slow reference)")
+    p.add_argument("--max-requests", type=int, help="replay only the first N requests")
+    p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+    p.add_argument("--steps-csv", metavar="OUT", help="write the per-step table as CSV")
+    p.add_argument("--timeline", metavar="OUT", help="write a Chrome trace-event JSON (open in Perfetto)")
+    p.add_argument("--timeline-steps", default="0:50", metavar="A:B",
+                   help="steps recorded in the timeline (default 0:50)")
+    p.add_argument("--quiet", action="store_true", help="no summary on stdout")
+    p.set_defaults(func=run)
+
+
+def _window(text: str) -> tuple[int, int]:
+    a, sep, b = text.partition(":")
+    try:
+        lo, hi = int(a or 0), int(b) if b else 10**12
+    except ValueError:
+        raise InputError("--timeline-steps", text, "expected START:STOP step numbers") from None
+    if not sep or lo < 0 or hi <= lo:
+        raise InputError("--timeline-steps", text, "expected START:STOP with 0 <= START < STOP")
+    return lo, hi
+
+
+def run(args: argparse.Namespace) -> int:
+    from simmoe.engine.chrome_trace import write_chrome_trace
+    from simmoe.engine.config import ReplayConfig
+    from simmoe.engine.replay import Replay
+    from simmoe.fileio import atomic_open
+    from simmoe.hw.profile import load_profile
+    from simmoe.policies.base import PolicySet
+    from simmoe.trace.format import read_trace
+
+    for path, flag in ((args.json, "--json"), (args.steps_csv, "--steps-csv"), (args.timeline, "--timeline")):
+        check_output(path, flag)
+    pset = PolicySet(
+        cache=args.policy, cache_options=parse_kv(args.opt, "--opt"),
+        prefetch=args.prefetch, prefetch_options=parse_kv(args.prefetch_opt, "--prefetch-opt"),
+        placement=args.placement, placement_options=parse_kv(args.placement_opt, "--placement-opt"),
+    )
+    if args.max_requests is not None and args.max_requests < 1:
+        raise InputError("--max-requests", None, "must be >= 1")
+    cfg = ReplayConfig(
+        batch=args.batch, prefill_chunk=args.prefill_chunk, host_memory=args.host_memory,
+        copy_stream=args.copy_stream, engine=args.engine, max_requests=args.max_requests,
+        timeline_steps=_window(args.timeline_steps) if args.timeline else None,
+    )
+    hw = load_profile(args.hw)
+    trace = read_trace(args.trace)
+    result = Replay(trace, hw, pset, cfg, hw_name=args.hw).run(progress=sys.stderr.isatty())
+    if args.json:
+        with atomic_open(args.json) as f:
+            f.write(result.to_json() + "\n")
+    if args.steps_csv:
+        with atomic_open(args.steps_csv) as f:
+            result.steps.to_csv(f, index=False)
+    if args.timeline:
+        write_chrome_trace(args.timeline, result.events, result.steps,
+                           f"simmoe {result.summary['model']} on {result.summary['hw']} "
+                           f"({result.summary['policy']})", result.memory["expert_bytes"])
+    if not args.quiet:
+        print(result.format())
+    return 0

@@ -1,0 +1,121 @@
+"""Cost model: how long each piece of work takes on a hardware profile, in microseconds.
+
+GPU and CPU kernels use a roofline (max of compute time and memory time at the profile's efficiencies),
+floored by the shortest kernel; calibrated profiles replace the expert-FFN estimate by the measured table
+for the expert's shape. Copies cost latency + bytes / bandwidth.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from simmoe.hw.profile import HwProfile, KernelTable
+from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
+
+
+def shape_key(spec: ModelSpec, dtype: str | None = None) -> str:
+    """Key of an expert shape in calibrated kernel tables, e.g. '4096x14336xswiglu:bf16'."""
+    return f"{spec.d_model}x{spec.expert_d_ff}x{spec.activation}:{dtype or spec.expert_dtype}"
+
+
+def _table_us(table: KernelTable, tokens: int) -> float:
+    x = np.asarray(table.tokens, dtype=float)
+    y = np.asarray(table.us, dtype=float)
+    if tokens <= x[-1] or len(x) == 1:
+        return float(np.interp(tokens, x, y))
+    slope = (y[-1] - y[-2]) / (x[-1] - x[-2])  # extrapolate linearly beyond the last measurement
+    return float(y[-1] + slope * (tokens - x[-1]))
+
+
+class CostModel:
+    def __init__(self, spec: ModelSpec, hw: HwProfile, *, pinned: bool = True) -> None:
+        self.spec = spec
+        self.hw = hw
+        self.pinned = pinned
+        g = hw.gpu
+        self._act_bytes = BYTES_PER_PARAM[spec.dtype]
+        self._gpu_flops = hw.peak_flops(spec.dtype) * g.matmul_efficiency
+        self._gpu_bw = g.hbm_gbps * 1e9 * g.membw_efficiency
+        c = hw.cpu
+        self._cpu_flops = c.peak_gflops * 1e9 * c.matmul_efficiency
+        self._cpu_bw = c.memory_gbps * 1e9 * c.membw_efficiency
+        key = shape_key(spec)
+        self._gpu_table = hw.kernels.expert_ffn_gpu.get(key)
+        self._cpu_table = hw.kernels.expert_ffn_cpu.get(key)
+        self.expert_bytes = spec.expert_bytes()
+        p = hw.pcie
+        self._h2d_gbps = p.h2d_pinned_gbps if pinned else p.h2d_pageable_gbps
+        self._d2h_gbps = p.d2h_pinned_gbps if pinned else p.d2h_pageable_gbps
+        self.launch_us = hw.host.launch_overhead_us
+        # cache per-token-count answers: the engine asks the same few sizes millions of times
+        self.expert_gpu_us = lru_cache(maxsize=4096)(self._expert_gpu_us)
+        self.expert_cpu_us = lru_cache(maxsize=4096)(self._expert_cpu_us)
+
+    # ---- GPU ---------------------------------------------------------------------------------------------
+    def gpu_roofline_us(self, flops: float, nbytes: float, kernels: int = 1) -> float:
+        t = max(flops / self._gpu_flops, nbytes / self._gpu_bw) * 1e6
+        return max(t, kernels * self.hw.gpu.kernel_min_us)
+
+    def _expert_gpu_us(self, tokens: int) -> float:
+        """One routed expert applied to `tokens` tokens on the GPU (all of its kernels)."""
+        if self._gpu_table is not None:
+            return _table_us(self._gpu_table, tokens)
+        s = self.spec
+        act = tokens * (2 * s.d_model + 3 * s.expert_d_ff) * self._act_bytes
+        return self.gpu_roofline_us(s.expert_flops(tokens), self.expert_bytes + act, self.hw.host.kernels_per_expert)
+
+    def _ffn_gpu_us(self, d_ff: int, tokens: int, n: int = 1) -> float:
+        s = self.spec
+        mats = 3 if s.activation in ("swiglu", "geglu") else 2
+        params = n * mats * s.d_model * d_ff
+        nbytes = params * BYTES_PER_PARAM[s.dtype] + tokens * (2 * s.d_model + mats * d_ff) * self._act_bytes
+        return self.gpu_roofline_us(2.0 * params * tokens, nbytes, self.hw.host.kernels_per_dense_ffn)
+
+    def attention_us(self, tokens: int, context_tokens: int) -> float:
+        """Attention block of one layer: projections over `tokens` new tokens, reading `context_tokens` of KV
+        (summed over the sequences in the step)."""
+        s = self.spec
+        kv_layer = s.kv_bytes_per_token() / s.num_layers
+        nbytes = s.attn_params * BYTES_PER_PARAM[s.dtype] + context_tokens * kv_layer
+        flops = 2.0 * s.attn_params * tokens + 4.0 * context_tokens * s.num_heads * s.head_dim
+        return self.gpu_roofline_us(flops, nbytes, self.hw.host.kernels_per_attention)
+
+    def router_us(self, tokens: int) -> float:
+        s = self.spec
+        return self.gpu_roofline_us(2.0 * s.router_params * tokens,
+                                    s.router_params * BYTES_PER_PARAM[s.dtype], self.hw.host.kernels_per_router)
+
+    def shared_experts_us(self, tokens: int) -> float:
+        s = self.spec
+        return self._ffn_gpu_us(s.shared_d_ff, tokens, s.num_shared_experts) if s.num_shared_experts else 0.0
+
+    def dense_ffn_us(self, tokens: int) -> float:
+        return self._ffn_gpu_us(self.spec.dense_d_ff, tokens)
+
+    def step_extra_us(self, tokens: int) -> float:
+        """Embedding, final norm, lm_head and sampling of one step (lm_head on the sampled rows only)."""
+        s = self.spec
+        p = s.vocab_size * s.d_model
+        return self.gpu_roofline_us(2.0 * p * tokens, p * BYTES_PER_PARAM[s.dtype], self.hw.host.kernels_per_step)
+
+    # ---- CPU ---------------------------------------------------------------------------------------------
+    def _expert_cpu_us(self, tokens: int) -> float:
+        if self._cpu_table is not None:
+            return _table_us(self._cpu_table, tokens)
+        s = self.spec
+        t = max(s.expert_flops(tokens) / self._cpu_flops, self.expert_bytes / self._cpu_bw) * 1e6
+        return t + self.hw.cpu.expert_overhead_us
+
+    # ---- copies ------------------------------------------------------------------------------------------
+    def h2d_us(self, nbytes: float, pinned: bool | None = None) -> float:
+        p = self.hw.pcie
+        gbps = self._h2d_gbps if pinned is None else (p.h2d_pinned_gbps if pinned else p.h2d_pageable_gbps)
+        return p.latency_us + nbytes / (gbps * 1e3)
+
+    def d2h_us(self, nbytes: float) -> float:
+        return self.hw.pcie.latency_us + nbytes / (self._d2h_gbps * 1e3)
+
+    def activation_bytes(self, tokens: int) -> int:
+        return int(tokens * self.spec.d_model * self._act_bytes)

@@ -1,0 +1,340 @@
+"""Replay a routing trace on a hardware profile under a policy set.
+
+The SimPy environment owns time: a driver process runs one step after another. Each step's work is planned
+here (dense kernels, routing, cache look-ups through the policies, copies, expert kernels, CPU experts,
+prefetches) and timed by a stream timeline: the fast recurrence (one event per step) or, with
+engine="simpy", one SimPy event per kernel. Both give the same times (tested).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import simpy
+
+from simmoe.engine.config import ReplayConfig
+from simmoe.engine.costs import CostModel
+from simmoe.engine.memory import fixed_plan
+from simmoe.engine.results import Result, StepLog
+from simmoe.engine.schedule import DECODE, PREFILL, RowIndex, Step, static_schedule, step_experts
+from simmoe.engine.setup import Resolved, build_cache, needs_staging, resolve
+from simmoe.engine.simpy_timeline import SimpyTimeline
+from simmoe.engine.timeline import D2H, H2D, Timeline
+from simmoe.hw.profile import HwProfile, load_profile
+from simmoe.policies.base import Access, CacheContext, PolicySet, StepView
+from simmoe.trace.format import Trace, read_trace
+
+NEVER = np.iinfo(np.int64).max
+
+
+def next_use_of(keys: np.ndarray) -> np.ndarray:
+    """For each access t, the index of the next access to the same key (NEVER if none). Vectorised."""
+    n = len(keys)
+    order = np.lexsort((np.arange(n), keys))
+    nxt = np.full(n, NEVER, dtype=np.int64)
+    same = keys[order[1:]] == keys[order[:-1]]
+    nxt[order[:-1][same]] = order[1:][same]
+    return nxt
+
+
+@dataclass
+class _State:
+    hits: int = 0
+    misses: int = 0
+    cpu_experts: int = 0
+    copies: int = 0
+    prefetches: int = 0
+    prefetch_used: int = 0
+    bytes_h2d: int = 0
+    bytes_d2h: int = 0
+    occupancy: int = 0
+    peak_occupancy: int = 0
+    t: int = 0  # access counter
+    last_use: dict = field(default_factory=dict)  # key -> handle of the last kernel that read it
+    ready: dict = field(default_factory=dict)  # key -> handle of the copy that brought it in
+    prefetched: set = field(default_factory=set)  # keys copied ahead and not used yet
+
+
+class Replay:
+    def __init__(self, trace: Trace, hw: HwProfile, policies: PolicySet | None = None,
+                 config: ReplayConfig | None = None, hw_name: str | None = None) -> None:
+        self.trace = trace
+        self.hw = hw
+        self.hw_name = hw_name or hw.name
+        self.cfg = config or ReplayConfig()
+        self.pset = policies or PolicySet()
+        self.spec = trace.spec
+        self.r: Resolved = resolve(self.pset)
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        tr, cfg, spec = self.trace, self.cfg, self.spec
+        if cfg.max_requests is not None:
+            tr = tr.select(requests=tr.request_ids[: cfg.max_requests])
+            self.trace = tr
+        self.ri = RowIndex(tr.request, tr.phase)
+        self.steps: list[Step] = list(static_schedule(self.ri, cfg.batch, cfg.prefill_chunk))
+        self.L = tr.num_layers
+        self.E = spec.num_experts
+        self.has_null = bool((tr.experts < 0).any())
+        max_rows = int((self.ri.stops - self.ri.starts).max())
+        max_step_tokens = max(len(s.rows) for s in self.steps)
+        self.costs = CostModel(spec, self.hw, pinned=cfg.host_memory == "pinned")
+        staging = cfg.staging_buffers if needs_staging(self.r) else 0
+        self.plan = fixed_plan(spec, self.hw, batch=cfg.batch, max_request_rows=max_rows,
+                               max_step_tokens=max_step_tokens, staging_buffers=staging, hw_name=self.hw_name)
+        self._step_cache: list | None = None
+        next_use = None
+        if self.r.reads_future:
+            self._step_cache = [step_experts(tr.experts, s.rows, self.E, self.has_null) for s in self.steps]
+            keys = np.fromiter((m * self.E + e for ex, _ in self._step_cache for m, lay in enumerate(ex)
+                                for e in lay), dtype=np.int64)
+            next_use = next_use_of(keys)
+        self.next_use = next_use
+        self.cache = build_cache(self.r, self.plan, self.L, self.E, next_use)
+        ctx = CacheContext(self.cache.total_slots, self.E, tuple(range(self.L)), next_use)
+        self.prefetcher = self.r.prefetch_cls(ctx, self.r.prefetch_opts) if self.r.prefetch_cls else None
+        self.placer = self.r.placement_cls(self.r.placement_opts) if self.r.placement_cls else None
+        self.moe_of = [-1] * spec.num_layers
+        for m, li in enumerate(spec.moe_layers):
+            self.moe_of[li] = m
+        self.st = _State()
+        for part in self.cache.parts:  # preloaded experts (resident, static placements): no copy counted
+            for key in part.preload():
+                part.insert(key, -1)
+                self.st.occupancy += 1
+        self.st.peak_occupancy = self.st.occupancy
+
+    # ---- run ---------------------------------------------------------------------------------------------
+    def run(self, progress: bool = False) -> Result:
+        wall0 = time.perf_counter()
+        self._progress = progress
+        self._prepare()
+        env = simpy.Environment()
+        hw = self.hw
+        if self.cfg.engine == "simpy":
+            self.tl = SimpyTimeline(env, hw.host, hw.pcie.copy_engines, record=self.cfg.timeline_steps is not None)
+        else:
+            self.tl = Timeline(hw.host, hw.pcie.copy_engines)
+        self.log = StepLog()
+        env.process(self._driver(env))
+        env.run()
+        return Result.build(self, wall_s=time.perf_counter() - wall0)
+
+    def _driver(self, env: simpy.Environment):
+        tl, cfg = self.tl, self.cfg
+        fast = isinstance(tl, Timeline)
+        window = cfg.timeline_steps
+        bar = None
+        if getattr(self, "_progress", False):
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(self.steps), unit="step", desc="replay", file=sys.stderr, mininterval=0.5)
+        for i, step in enumerate(self.steps):
+            if bar is not None and i % 256 == 0 and i:
+                bar.update(256)
+            t0 = env.now
+            if fast:
+                tl.advance_host(t0)
+                tl.record = window is not None and window[0] <= i < window[1]
+            tl.c.reset()
+            counts0 = (self.st.hits, self.st.misses, self.st.cpu_experts, self.st.copies, self.st.bytes_h2d)
+            self._plan_step(step, i)
+            if fast:
+                yield env.timeout(tl.h - env.now)
+            else:
+                tl.record = window is not None and window[0] <= i < window[1]
+                yield tl.play()
+            self.log.add(step, t0, env.now, tl.c, counts0, self.st, self.ri, self.spec)
+        if bar is not None:
+            bar.update(len(self.steps) - bar.n)
+            bar.close()
+
+    # ---- one step ----------------------------------------------------------------------------------------
+    def _plan_step(self, step: Step, i: int) -> None:
+        tl, costs, hw, st = self.tl, self.costs, self.hw, self.st
+        host = hw.host
+        spec = self.spec
+        E = self.E
+        self._cur_step = i
+        tokens = len(step.rows)
+        ctx_tokens = int((self.ri.position[step.rows] + 1).sum())
+        if self._step_cache is not None:
+            ex_by_layer, tok_by_layer = self._step_cache[i]
+        else:
+            ex_by_layer, tok_by_layer = step_experts(self.trace.experts, step.rows, E, self.has_null)
+        view = None
+        if self.prefetcher is not None:
+            view = StepView(i, "prefill" if step.kind == PREFILL else "decode", ex_by_layer, tok_by_layer,
+                            predicted_by_layer=self._predicted(step),
+                            future_steps=self._future if self.prefetcher.reads_future else None)
+
+        ka, kr, kpe, kd = (host.kernels_per_attention, host.kernels_per_router, host.kernels_per_expert,
+                           host.kernels_per_dense_ffn)
+        attn_each = costs.attention_us(tokens, ctx_tokens) / max(ka, 1)
+        router_each = costs.router_us(tokens) / max(kr, 1)
+        shared_each = costs.shared_experts_us(tokens) / max(kd, 1)
+        dense_each = costs.dense_ffn_us(tokens) / max(kd, 1) if spec.num_dense_layers else 0.0
+        ks = host.kernels_per_step
+        extra_each = costs.step_extra_us(len(step.requests) if step.kind == DECODE else 1) / max(ks, 1)
+        expert_bytes = self.plan.expert_bytes
+        copy_us = costs.h2d_us(expert_bytes)
+        on_compute = self.cfg.copy_stream == "compute"
+        blocking = self.cfg.host_memory == "pageable"
+        parts, part_of, caps = self.cache.parts, self.cache.part_of_layer, self.cache.capacity
+        placer = self.placer
+        bypass = placer is not None and placer.bypass_cache
+        last_use, ready = st.last_use, st.ready
+        staging = self.plan.staging // expert_bytes if self.plan.staging else 0
+        if staging and not hasattr(self, "_stage"):
+            self._stage = [None] * staging
+            self._stage_i = 0
+        gpu_each = {}
+
+        if ks:
+            tl.kernels(ks // 2 or 1, extra_each, name="embed")
+        for li in range(spec.num_layers):
+            if ka:
+                tl.kernels(ka, attn_each, name=f"L{li} attention")
+            m = self.moe_of[li]
+            if m < 0:
+                tl.kernels(kd, dense_each, name=f"L{li} ffn")
+                continue
+            r_end = tl.kernels(kr, router_each, name=f"L{li} router")
+            if shared_each:
+                tl.kernels(kd, shared_each, name=f"L{li} shared experts")
+            tl.sync(r_end, name=f"L{li} routing to host")
+            exps, toks = ex_by_layer[m], tok_by_layer[m]
+            p = part_of[m]
+            part, cap = parts[p], caps[p]
+            base = m * E
+            cpu_jobs = []
+            for e, nt in zip(exps, toks):
+                key = base + e
+                t = st.t
+                st.t = t + 1
+                if not bypass and part.find(key, t):
+                    st.hits += 1
+                    dep = ready.get(key)
+                    if key in st.prefetched:
+                        st.prefetched.discard(key)
+                        st.prefetch_used += 1
+                else:
+                    st.misses += 1
+                    if bypass or (placer is not None and placer.place(Access(m, e, nt, t), costs) == "cpu"):
+                        cpu_jobs.append((e, nt))
+                        continue
+                    if cap:
+                        slot_free = self._admit(part, cap, p, key, t)
+                    else:
+                        si = self._stage_i
+                        slot_free = self._stage[si]
+                    dep = tl.copy(copy_us, H2D, after=slot_free, on_compute=on_compute, blocking=blocking,
+                                  name=f"L{li} e{e}")
+                    st.copies += 1
+                    st.bytes_h2d += expert_bytes
+                    if cap:
+                        ready[key] = dep
+                each = gpu_each.get(nt)
+                if each is None:
+                    each = gpu_each[nt] = costs.expert_gpu_us(nt) / kpe
+                end = tl.kernels(kpe, each, after=dep, name=f"L{li} e{e}", cat="expert")
+                if cap:
+                    last_use[key] = end
+                else:  # the staging buffer is free again once this expert's kernels are done
+                    self._stage[self._stage_i] = end
+                    self._stage_i = (self._stage_i + 1) % len(self._stage)
+            cpu_done = self._cpu_experts(cpu_jobs, r_end, li) if cpu_jobs else None
+            tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine", wait="cpu")
+            if self.prefetcher is not None:
+                self._prefetch(view, m)
+        if ks:
+            tl.kernels(ks - (ks // 2 or 1) or 1, extra_each, name="lm_head+sample")
+        tl.sync(name="token to host")
+
+    def _admit(self, part, cap: int, p: int, key: int, t: int):
+        """Make room in partition p and insert key; returns the handle the copy must wait for."""
+        st = self.st
+        slot_free = None
+        if len(part) >= cap:
+            victim = part.to_evict(t)
+            part.evict(victim)
+            slot_free = st.last_use.pop(victim, None)
+            if slot_free is None:
+                slot_free = st.ready.get(victim)
+            st.ready.pop(victim, None)
+            st.prefetched.discard(victim)
+        else:
+            st.occupancy += 1
+            if st.occupancy > st.peak_occupancy:
+                st.peak_occupancy = st.occupancy
+        part.insert(key, t)
+        return slot_free
+
+    def _cpu_experts(self, jobs, after, li: int):
+        """kTransformers-style: one D2H of the layer's activations, the CPU computes its experts in turn,
+        one H2D of the combined result."""
+        tl, costs, st = self.tl, self.costs, self.st
+        ntok = max(nt for _, nt in jobs)
+        act = costs.activation_bytes(ntok)
+        x = tl.copy(costs.d2h_us(act), D2H, after=after, name=f"L{li} activations to host")
+        st.bytes_d2h += act
+        done = x
+        for e, nt in jobs:
+            done = tl.cpu(costs.expert_cpu_us(nt), after=done, name=f"L{li} e{e} (cpu)")
+            st.cpu_experts += 1
+        y = tl.copy(costs.h2d_us(act, pinned=True), H2D, after=done, name=f"L{li} cpu result to gpu")
+        st.bytes_h2d += act
+        return y
+
+    def _prefetch(self, view: StepView, m: int) -> None:
+        st, tl = self.st, self.tl
+        E = self.E
+        copy_us = self.costs.h2d_us(self.plan.expert_bytes)
+        for layer, e in self.prefetcher.propose(view, m):
+            if not (0 <= layer < self.L and 0 <= e < E):
+                continue
+            p = self.cache.part_of_layer[layer]
+            part, cap = self.cache.parts[p], self.cache.capacity[p]
+            key = layer * E + e
+            if not cap or key in part:
+                continue
+            slot_free = self._admit(part, cap, p, key, -1)
+            st.ready[key] = tl.copy(copy_us, H2D, after=slot_free, name=f"prefetch L{layer} e{e}")
+            st.prefetched.add(key)
+            st.prefetches += 1
+            st.copies += 1
+            st.bytes_h2d += self.plan.expert_bytes
+
+    def _predicted(self, step: Step):
+        pred = self.trace.predicted
+        if pred is None:
+            return None
+        sub = pred[step.rows]  # [B, L, P]
+        return [np.unique(sub[:, m][sub[:, m] >= 0]) for m in range(self.L)]
+
+    def _future(self, offset: int) -> StepView | None:
+        """Oracle access to a later step's routing (reads_future policies only)."""
+        i = self._cur_step + offset
+        if not 0 <= i < len(self.steps):
+            return None
+        s = self.steps[i]
+        ex, tk = self._step_cache[i] if self._step_cache is not None else step_experts(
+            self.trace.experts, s.rows, self.E, self.has_null)
+        return StepView(i, "prefill" if s.kind == PREFILL else "decode", ex, tk)
+
+
+def replay(trace: Trace | str | Path, hw: HwProfile | str | Path, policy: str | PolicySet = "lru",
+           options: dict | None = None, **config) -> Result:
+    """Notebook entry point: `replay("traces/x.npz", "rtx3090", "lru", {"slots_per_layer": 4}, batch=1)`."""
+    tr = trace if isinstance(trace, Trace) else read_trace(trace)
+    hw_name = None
+    if not isinstance(hw, HwProfile):
+        hw_name = str(hw)
+        hw = load_profile(hw)
+    pset = policy if isinstance(policy, PolicySet) else PolicySet(cache=policy, cache_options=options or {})
+    return Replay(tr, hw, pset, ReplayConfig(**config), hw_name=hw_name).run()

@@ -1,0 +1,214 @@
+"""Results of a replay: a JSON summary, a per-step table (pandas) and the recorded timeline events."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from simmoe.engine.schedule import DECODE
+from simmoe.engine.timeline import Counters
+
+if TYPE_CHECKING:  # pragma: no cover
+    from simmoe.engine.replay import Replay
+
+STEP_COLUMNS = (
+    "step", "kind", "tokens", "start_us", "end_us", "latency_us", "hits", "misses", "cpu_experts", "copies",
+    "bytes_h2d", "gpu_busy_us", "h2d_busy_us", "cpu_busy_us", "stall_copy_us", "stall_dispatch_us",
+    "stall_cpu_us", "cache_occupancy", "kv_bytes",
+)
+
+
+class StepLog:
+    """Per-step rows, plus the per-request token times TTFT and TPOT are computed from."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list] = {c: [] for c in STEP_COLUMNS}
+        self.admit: dict[int, float] = {}
+        self.first_token: dict[int, float] = {}
+        self.last_token: dict[int, float] = {}
+        self.itl: list[float] = []  # inter-token latency of every decode token
+        self.active_ctx: dict[int, int] = {}
+
+    def add(self, step, t0: float, t1: float, c: Counters, counts0: tuple, st, ri, spec) -> None:
+        col = self.cols
+        h0, m0, c0, cp0, b0 = counts0
+        col["step"].append(step.index)
+        col["kind"].append("decode" if step.kind == DECODE else "prefill")
+        col["tokens"].append(len(step.rows))
+        col["start_us"].append(t0)
+        col["end_us"].append(t1)
+        col["latency_us"].append(t1 - t0)
+        col["hits"].append(st.hits - h0)
+        col["misses"].append(st.misses - m0)
+        col["cpu_experts"].append(st.cpu_experts - c0)
+        col["copies"].append(st.copies - cp0)
+        col["bytes_h2d"].append(st.bytes_h2d - b0)
+        col["gpu_busy_us"].append(c.gpu_busy)
+        col["h2d_busy_us"].append(c.h2d_busy)
+        col["cpu_busy_us"].append(c.cpu_busy)
+        col["stall_copy_us"].append(c.stall_copy)
+        col["stall_dispatch_us"].append(c.stall_dispatch)
+        col["stall_cpu_us"].append(c.stall_cpu)
+        col["cache_occupancy"].append(st.occupancy)
+        for rid in step.admitted:
+            self.admit[rid] = t0
+        pos = ri.position[step.rows]
+        for rid, p in zip(step.requests, pos.tolist()):
+            self.active_ctx[rid] = p + 1
+        col["kv_bytes"].append(sum(self.active_ctx.values()) * spec.kv_bytes_per_token())
+        if step.kind == DECODE:
+            for rid in step.requests:
+                last = self.last_token.get(rid)
+                if last is None:
+                    self.first_token[rid] = t1
+                else:
+                    self.itl.append(t1 - last)
+                self.last_token[rid] = t1
+        elif step.finished or _is_last_prefill(step, ri):
+            rid = step.requests[0]
+            self.first_token[rid] = t1
+            self.last_token[rid] = t1
+        for rid in step.finished:
+            self.active_ctx.pop(rid, None)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.cols)
+
+
+def _is_last_prefill(step, ri) -> bool:
+    row = int(step.rows[-1])
+    r = np.searchsorted(ri.starts, row, side="right") - 1  # starts are in id order, not row order
+    idx = np.flatnonzero((ri.starts <= row) & (row < ri.stops))
+    r = int(idx[0]) if len(idx) else r
+    return row == ri.starts[r] + ri.prefill_len[r] - 1
+
+
+def _pct(values_us) -> dict[str, float | None]:
+    a = np.asarray(values_us, dtype=float) / 1e3
+    if a.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99))}
+
+
+@dataclass
+class Result:
+    summary: dict[str, Any]
+    steps: pd.DataFrame
+    events: list = field(default_factory=list)
+    memory: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, rp: Replay, wall_s: float) -> Result:
+        log, st, tr = rp.log, rp.st, rp.trace
+        df = log.frame()
+        makespan_us = float(df["end_us"].iloc[-1]) if len(df) else 0.0
+        dec = df[df["kind"] == "decode"]
+        decode_tokens = int(dec["tokens"].sum())
+        accesses = st.hits + st.misses
+        activations = int((tr.experts >= 0).sum())
+        ttft = [log.first_token[r] - log.admit[r] for r in log.first_token if r in log.admit]
+        busy = lambda col: float(df[col].sum()) / makespan_us if makespan_us else 0.0  # noqa: E731
+        fast = rp.cfg.engine == "fast"
+        plan = rp.plan
+        peak_mem = plan.fixed - plan.kv_reserved + int(df["kv_bytes"].max() if len(df) else 0) \
+            + st.peak_occupancy * plan.expert_bytes
+        stall = {k: (float(df[f"stall_{k}_us"].sum()) / 1e3 if fast else None) for k in ("copy", "dispatch", "cpu")}
+        summary: dict[str, Any] = {
+            "trace": tr.source,
+            "model": rp.spec.name,
+            "hw": rp.hw_name,
+            "policy": rp.r.pset.describe(),
+            "engine": rp.cfg.engine,
+            "batch": rp.cfg.batch,
+            "host_memory": rp.cfg.host_memory,
+            "copy_stream": rp.cfg.copy_stream,
+            "requests": int(len(rp.ri.ids)),
+            "tokens": int(df["tokens"].sum()),
+            "prefill_tokens": int(df["tokens"].sum()) - decode_tokens,
+            "decode_tokens": decode_tokens,
+            "steps": int(len(df)),
+            "activations": activations,
+            "accesses": accesses,
+            "hits": st.hits,
+            "misses": st.misses,
+            "hit_rate": st.hits / accesses if accesses else 0.0,
+            "cpu_experts": st.cpu_experts,
+            "copies": st.copies,
+            "prefetches": st.prefetches,
+            "prefetch_used": st.prefetch_used,
+            "bytes_h2d": st.bytes_h2d,
+            "bytes_d2h": st.bytes_d2h,
+            "cache_slots": plan.cache_slots,
+            "makespan_s": makespan_us / 1e6,
+            "tpot_ms": _pct(log.itl),
+            "step_ms": _pct(dec["latency_us"]) if len(dec) else _pct([]),
+            "ttft_ms": _pct(ttft),
+            "tokens_per_s": decode_tokens / (makespan_us / 1e6) if makespan_us else 0.0,
+            "gpu_busy": busy("gpu_busy_us"),
+            "pcie_busy": busy("h2d_busy_us"),
+            "cpu_busy": busy("cpu_busy_us"),
+            "stall_ms": stall,
+            "peak_gpu_mem_bytes": int(peak_mem),
+            "gpu_mem_usable_bytes": plan.usable,
+            "wall_s": wall_s,
+        }
+        return cls(summary, df, list(getattr(rp.tl, "events", [])), plan.as_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(_clean(self.summary), indent=2, sort_keys=False)
+
+    def format(self) -> str:
+        """The readable summary table `simmoe replay` prints."""
+        s = self.summary
+        t, f = s["tpot_ms"], s["ttft_ms"]
+
+        def ms(x):
+            return "-" if x is None else f"{x:,.2f}"
+
+        lines = [
+            f"simmoe replay  {s['trace']}",
+            f"  model {s['model']}   hw {s['hw']}   policy {s['policy']}   batch {s['batch']}   "
+            f"engine {s['engine']}",
+            "",
+            f"  requests {s['requests']:,}   tokens {s['tokens']:,} (prefill {s['prefill_tokens']:,}, "
+            f"decode {s['decode_tokens']:,})   steps {s['steps']:,}",
+            f"  expert accesses {s['accesses']:,}   hits {s['hits']:,}   misses {s['misses']:,}   "
+            f"hit rate {100 * s['hit_rate']:.1f}%   cpu-computed {s['cpu_experts']:,}",
+            f"  cache {s['cache_slots']:,} experts   H2D {s['bytes_h2d'] / 1e9:,.2f} GB   "
+            f"prefetches {s['prefetches']:,} (used {s['prefetch_used']:,})",
+            "",
+            "  latency (ms)      mean       p50       p90       p99",
+            f"  TPOT        {ms(t['mean']):>9} {ms(t['p50']):>9} {ms(t['p90']):>9} {ms(t['p99']):>9}",
+            f"  TTFT        {ms(f['mean']):>9} {ms(f['p50']):>9} {ms(f['p90']):>9} {ms(f['p99']):>9}",
+            "",
+            f"  throughput {s['tokens_per_s']:,.2f} tok/s   simulated time {s['makespan_s']:,.3f} s",
+            f"  busy: GPU {100 * s['gpu_busy']:.1f}%   PCIe H2D {100 * s['pcie_busy']:.1f}%   "
+            f"CPU {100 * s['cpu_busy']:.1f}%",
+        ]
+        st = s["stall_ms"]
+        if st["copy"] is not None:
+            n = max(s["decode_tokens"] + s["prefill_tokens"], 1)
+            lines.append(f"  GPU stalls per token (ms): copy {st['copy'] / n:,.3f}   dispatch "
+                         f"{st['dispatch'] / n:,.3f}   cpu {st['cpu'] / n:,.3f}")
+        lines.append(f"  peak GPU memory {s['peak_gpu_mem_bytes'] / 2**30:,.2f} GiB of "
+                     f"{s['gpu_mem_usable_bytes'] / 2**30:,.2f} GiB usable")
+        lines.append(f"  simulator wall time {s['wall_s']:.2f} s")
+        return "\n".join(lines)
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    return x

@@ -1,0 +1,216 @@
+"""The policy interface. Policies are decision objects: they never touch SimPy or time.
+
+The engine owns time and resources and calls the hooks below. Kinds:
+
+- cache (`CachePolicy`): admission/eviction within one partition of the expert cache (a layer's slots or
+  the whole cache, depending on scope). Hooks in the spirit of libCacheSim: `find` (look-up; may update
+  state on a hit), `insert`, `to_evict` (victim choice, no side effects), `evict`.
+- prefetch (`PrefetchPolicy`): after a layer's routing is known, propose experts to copy ahead.
+- placement (`PlacementPolicy`): where a missing expert is computed: on the GPU after a copy, or on the CPU.
+- system (`SystemPolicy`): a named composition of the kinds above (e.g. `cpu-experts`).
+
+Oracle policies set `reads_future = True`; they get the future through their context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from simmoe.errors import InputError
+
+Kind = Literal["cache", "prefetch", "placement", "system"]
+
+
+class Options(BaseModel):
+    """Typed policy options. Subclass per policy; unknown keys are rejected with the valid keys listed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_options(cls: type[Options], raw: Mapping[str, Any], policy: str) -> Options:
+    valid = sorted(cls.model_fields)
+    try:
+        return cls.model_validate(dict(raw))
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or "options"
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown option; valid options of {policy!r}: {', '.join(valid) or '(none)'}"
+        else:
+            msg = err["msg"]
+        raise InputError(f"policy {policy}", key, msg) from None
+
+
+class Policy:
+    """Base of every policy: a name, a kind, a one-line summary, typed options."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[Kind]
+    summary: ClassVar[str] = ""
+    reference: ClassVar[str] = ""  # the paper or system the policy models
+    reads_future: ClassVar[bool] = False
+    Options: ClassVar[type[Options]] = Options
+
+
+@dataclass(frozen=True)
+class CacheContext:
+    """What a cache partition may know. `next_use[t]` (oracles only) is the access index of the next access
+    to the same key after access t, or a large number when there is none."""
+
+    capacity: int
+    num_experts: int
+    layers: tuple[int, ...]  # MoE-layer indices (0-based, trace order) this partition serves
+    next_use: np.ndarray | None = None
+
+
+class CachePolicy(Policy):
+    """One partition of the expert cache, holding at most `capacity` keys (key = layer * E + expert).
+
+    `t` is the logical access time: the index of the access in the run's access sequence.
+    """
+
+    kind: ClassVar[Kind] = "cache"
+
+    def __init__(self, ctx: CacheContext, options: Options) -> None:
+        self.ctx = ctx
+        self.capacity = ctx.capacity
+        self.options = options
+
+    def find(self, key: int, t: int) -> bool:  # pragma: no cover - interface
+        """True on a hit. May update recency/frequency state (for hits, and for misses if it tracks them)."""
+        raise NotImplementedError
+
+    def insert(self, key: int, t: int) -> None:  # pragma: no cover - interface
+        """Admit `key`; called only when there is room (the engine evicts first)."""
+        raise NotImplementedError
+
+    def to_evict(self, t: int) -> int:  # pragma: no cover - interface
+        """The victim the policy would evict now. Must not change any state."""
+        raise NotImplementedError
+
+    def evict(self, key: int) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __contains__(self, key: int) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __len__(self) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def keys(self) -> Sequence[int]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def preload(self) -> Sequence[int]:
+        """Keys resident before the first access (loaded at start-up, no copy counted). Default: cold."""
+        return ()
+
+    # A policy that sizes itself: "all" = every expert of its partition, "none" = no cache at all.
+    # None = the size comes from the options, or from the GPU memory left free.
+    fixed_capacity: ClassVar[Literal["all", "none"] | None] = None
+
+
+@dataclass(frozen=True)
+class Access:
+    """One expert needed by a layer step: the view prefetch and placement policies get."""
+
+    layer: int  # MoE-layer index in the trace (0-based)
+    expert: int
+    tokens: int  # how many tokens of the step this expert serves
+    t: int  # access index
+
+
+@dataclass
+class StepView:
+    """Routing of the current step, as far as a non-oracle policy may see it at layer `layer`."""
+
+    step: int
+    kind: Literal["prefill", "decode"]
+    experts_by_layer: list[np.ndarray]  # experts of each layer (unique, first-appearance order)
+    tokens_by_layer: list[np.ndarray]
+    predicted_by_layer: list[np.ndarray] | None = None  # trace.predicted, union over the step's tokens
+    future_steps: Any = None  # oracles only: callable(step_offset) -> StepView or None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PrefetchPolicy(Policy):
+    kind: ClassVar[Kind] = "prefetch"
+
+    def __init__(self, ctx: CacheContext, options: Options) -> None:
+        self.ctx = ctx
+        self.options = options
+
+    def propose(self, view: StepView, layer: int) -> Sequence[tuple[int, int]]:  # pragma: no cover
+        """(layer, expert) pairs to copy ahead, in priority order, once `layer`'s routing is known."""
+        raise NotImplementedError
+
+
+class PlacementPolicy(Policy):
+    kind: ClassVar[Kind] = "placement"
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def place(self, acc: Access, costs: Any) -> Literal["gpu", "cpu"]:  # pragma: no cover - interface
+        """Where to compute an expert that missed the GPU cache. `costs` is the engine's cost model."""
+        raise NotImplementedError
+
+    # Placements that never use the GPU cache (every routed expert on the CPU) set this.
+    bypass_cache: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """A full configuration: one cache policy and optional prefetch / placement policies, with options."""
+
+    cache: str = "lru"
+    cache_options: Mapping[str, Any] = field(default_factory=dict)
+    prefetch: str | None = None
+    prefetch_options: Mapping[str, Any] = field(default_factory=dict)
+    placement: str | None = None
+    placement_options: Mapping[str, Any] = field(default_factory=dict)
+    system: str | None = None  # the named system this set was expanded from, if any
+
+    def describe(self) -> str:
+        parts = [f"{self.system}:" if self.system else "", self.cache + _fmt_opts(self.cache_options)]
+        if self.prefetch:
+            parts.append(f"prefetch={self.prefetch}{_fmt_opts(self.prefetch_options)}")
+        if self.placement:
+            parts.append(f"placement={self.placement}{_fmt_opts(self.placement_options)}")
+        return " ".join(p for p in parts if p)
+
+
+def _fmt_opts(opts: Mapping[str, Any]) -> str:
+    return "(" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")" if opts else ""
+
+
+class SystemPolicy(Policy):
+    """A named composition (e.g. a published system) that expands into a PolicySet."""
+
+    kind: ClassVar[Kind] = "system"
+
+    @classmethod
+    def expand(cls, options: Options) -> PolicySet:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class CacheOptions(Options):
+    """Sizing shared by every cache policy: per-layer slots, or a global cache of a byte budget.
+
+    With neither size given the cache takes the GPU memory left after the dense weights, KV cache and
+    activations (split evenly across layers when scope=layer).
+    """
+
+    scope: Literal["layer", "global"] = "layer"
+    slots_per_layer: int | None = None
+    cache_gb: float | None = None
+
+    def model_post_init(self, _ctx: Any) -> None:
+        if self.slots_per_layer is not None and self.slots_per_layer < 0:
+            raise ValueError("slots_per_layer must be >= 0")
+        if self.cache_gb is not None and self.cache_gb < 0:
+            raise ValueError("cache_gb must be >= 0")

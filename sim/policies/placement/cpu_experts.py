@@ -1,0 +1,28 @@
+"""Routed experts computed on the CPU where they live; the dense part on the GPU (kTransformers,
+llama.cpp `--cpu-moe`). Only activations cross PCIe."""
+
+from __future__ import annotations
+
+from simmoe.policies.base import Options, PlacementPolicy, PolicySet, SystemPolicy
+
+
+class AllOnCpu(PlacementPolicy):
+    name = "cpu"
+    summary = "compute every routed expert on the CPU (no GPU expert cache)"
+    reference = "kTransformers; llama.cpp --cpu-moe"
+    Options = Options
+    bypass_cache = True
+
+    def place(self, acc, costs) -> str:
+        return "cpu"
+
+
+class CpuExperts(SystemPolicy):
+    name = "cpu-experts"
+    summary = "routed experts on the CPU, attention and shared experts on the GPU (kTransformers, llama.cpp --cpu-moe)"
+    reference = "kTransformers; llama.cpp --cpu-moe"
+    Options = Options
+
+    @classmethod
+    def expand(cls, options) -> PolicySet:
+        return PolicySet(cache="ondemand", placement="cpu")

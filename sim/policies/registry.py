@@ -1,0 +1,88 @@
+"""Policy registry: built-ins and third-party policies register the same way, through the entry-point group
+`simmoe.policies`. An entry point may name a Policy subclass or a sequence of them. Duplicate names are
+errors (never a silent override). `module:Class` is accepted wherever a policy name is.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+
+from simmoe.errors import InputError
+from simmoe.policies.base import Policy
+
+ENTRY_POINT_GROUP = "simmoe.policies"
+
+
+class DuplicatePolicyError(RuntimeError):
+    pass
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_name: dict[str, type[Policy]] = {}
+        self._loaded = False
+
+    def register(self, cls: type[Policy]) -> type[Policy]:
+        """Register a policy class (usable as a decorator). A second class under the same name is an error."""
+        if not (isinstance(cls, type) and issubclass(cls, Policy)) or not cls.name:
+            raise TypeError(f"{cls!r} is not a named simmoe Policy subclass")
+        have = self._by_name.get(cls.name)
+        if have is not None and have is not cls:
+            raise DuplicatePolicyError(
+                f"policy name {cls.name!r} registered twice: {_qual(have)} and {_qual(cls)}"
+            )
+        self._by_name[cls.name] = cls
+        return cls
+
+    def unregister(self, name: str) -> None:
+        self._by_name.pop(name, None)
+
+    def _load_entry_points(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name != "builtin", e.name)):
+            obj = ep.load()
+            for cls in obj if isinstance(obj, Iterable) else [obj]:
+                self.register(cls)
+
+    def get(self, name: str, kind: str | None = None, source: str = "--policy") -> type[Policy]:
+        self._load_entry_points()
+        if ":" in name:
+            cls = _import_class(name, source)
+            self.register(cls)
+        else:
+            cls = self._by_name.get(name)
+            if cls is None:
+                names = sorted(n for n, c in self._by_name.items() if kind is None or c.kind == kind)
+                raise InputError(source, None, f"unknown policy {name!r}; known: {', '.join(names)}")
+        if kind is not None and cls.kind != kind and not (kind == "cache" and cls.kind == "system"):
+            raise InputError(source, None, f"{name!r} is a {cls.kind} policy, not a {kind} policy")
+        return cls
+
+    def all(self) -> list[type[Policy]]:
+        self._load_entry_points()
+        return sorted(self._by_name.values(), key=lambda c: (c.kind, c.name))
+
+
+def _qual(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_class(spec: str, source: str) -> type[Policy]:
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise InputError(source, None, f"cannot import policy {spec!r} ({e})") from None
+    if not (isinstance(obj, type) and issubclass(obj, Policy) and obj.name):
+        raise InputError(source, None, f"{spec!r} is not a named simmoe Policy subclass")
+    return obj
+
+
+REGISTRY = Registry()
+register = REGISTRY.register
+get_policy = REGISTRY.get
+all_policies = REGISTRY.all
