@@ -47,3 +47,48 @@ def assert_clean_error(res: CliResult, *needles: str) -> None:
     assert len(lines) == 1, res.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+def make_trace(experts, request=None, phase=None, model: str = "mixtral-8x7b", **kw):
+    """A validated in-memory trace from nested lists/arrays of expert ids [N, L, K]."""
+    import numpy as np
+
+    from simmoe.trace.format import Trace, make_meta, validate
+
+    ex = np.asarray(experts, dtype=np.int16)
+    n = ex.shape[0]
+    req = np.zeros(n, np.int32) if request is None else np.asarray(request, np.int32)
+    ph = np.ones(n, np.int8) if phase is None else np.asarray(phase, np.int8)
+    tr = Trace(ex, req, ph, make_meta(model=model, source="test"), **kw)
+    validate(tr)
+    return tr
+
+
+def random_trace(rows: int, layers: int, experts: int, k: int, requests: int = 1, seed: int = 0,
+                 model: str | None = None, prefill: int = 0):
+    """Uniformly random routing, `requests` equal-length requests with `prefill` prefill rows each."""
+    import numpy as np
+
+    from simmoe.models.spec import ModelSpec
+
+    rng = np.random.default_rng(seed)
+    ex = np.argsort(rng.random((rows, layers, experts)), axis=2)[:, :, :k].astype(np.int16)
+    req = np.sort(rng.integers(0, requests, rows)).astype(np.int32) if requests > 1 else np.zeros(rows, np.int32)
+    # re-number so ids are 0..R-1 and contiguous
+    _, req = np.unique(req, return_inverse=True)
+    ph = np.ones(rows, np.int8)
+    if prefill:
+        starts = np.flatnonzero(np.r_[True, req[1:] != req[:-1]])
+        for s in starts:
+            ph[s:s + prefill] = 0
+    kw = {}
+    if model is None:
+        spec = ModelSpec(name=f"toy-{layers}x{experts}", num_layers=layers, moe_layers=tuple(range(layers)),
+                         num_experts=experts, top_k=k, d_model=1024, expert_d_ff=2048, num_heads=8,
+                         num_kv_heads=8, head_dim=128, vocab_size=32000)
+        from simmoe.trace.format import Trace, make_meta, validate
+
+        tr = Trace(ex, req.astype(np.int32), ph, make_meta(model_spec=spec, source="test"))
+        validate(tr)
+        return tr
+    return make_trace(ex, req, ph, model=model, **kw)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import assert_clean_error
+
 from simmoe.errors import InputError
 from simmoe.hw.profile import (
     HwProfile,

@@ -9,6 +9,7 @@ import json
 import pytest
 import yaml
 from conftest import assert_clean_error
+
 from simmoe.errors import InputError
 from simmoe.models import CATALOG, ModelSpec, get_model, list_models
 

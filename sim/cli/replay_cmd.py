@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.timeline:
         write_chrome_trace(args.timeline, result.events, result.steps,
                            f"simmoe {result.summary['model']} on {result.summary['hw']} "
-                           f"({result.summary['policy']})", result.memory["expert_bytes"])
+                           f"({result.summary['policy']})", result.memory["expert_bytes"], cfg.timeline_steps)
     if not args.quiet:
         print(result.format())
     return 0

@@ -19,12 +19,12 @@ TRACKS = {"dispatch": (1, "host dispatch thread"), "gpu": (2, "GPU compute strea
 PID = 1
 
 
-def trace_events(events, steps: pd.DataFrame, title: str, expert_bytes: int) -> list[dict]:
+def trace_events(events, steps: pd.DataFrame, title: str, expert_bytes: int,
+                 window: tuple[int, int] | None = None) -> list[dict]:
     out: list[dict] = [{"ph": "M", "pid": PID, "tid": 0, "name": "process_name", "args": {"name": title}}]
     for _key, (tid, label) in TRACKS.items():
         out.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_name", "args": {"name": label}})
         out.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
-    t_lo, t_hi = float("inf"), float("-inf")
     for ev in events:
         tid = TRACKS.get(ev.track, (9, ev.track))[0]
         d = {"ph": "X", "pid": PID, "tid": tid, "name": ev.name, "cat": ev.cat, "ts": round(ev.start, 3),
@@ -32,9 +32,8 @@ def trace_events(events, steps: pd.DataFrame, title: str, expert_bytes: int) -> 
         if ev.args:
             d["args"] = ev.args
         out.append(d)
-        t_lo, t_hi = min(t_lo, ev.start), max(t_hi, ev.end)
-    if events:  # steps and counters for the recorded window only
-        win = steps[(steps["end_us"] >= t_lo) & (steps["start_us"] <= t_hi)]
+    if window is not None:  # steps and counters for the recorded window only
+        win = steps[(steps["step"] >= window[0]) & (steps["step"] < window[1])]
         for row in win.itertuples(index=False):
             out.append({"ph": "X", "pid": PID, "tid": TRACKS["steps"][0], "name": f"{row.kind} step {row.step}",
                         "cat": "step", "ts": round(row.start_us, 3), "dur": round(row.latency_us, 3),
@@ -47,8 +46,9 @@ def trace_events(events, steps: pd.DataFrame, title: str, expert_bytes: int) -> 
     return out
 
 
-def write_chrome_trace(path: str | Path, events, steps: pd.DataFrame, title: str, expert_bytes: int) -> int:
-    evs = trace_events(events, steps, title, expert_bytes)
+def write_chrome_trace(path: str | Path, events, steps: pd.DataFrame, title: str, expert_bytes: int,
+                       window: tuple[int, int] | None = None) -> int:
+    evs = trace_events(events, steps, title, expert_bytes, window)
     with atomic_open(path) as f:
         json.dump({"traceEvents": evs, "displayTimeUnit": "ms"}, f)
     return len(evs)

@@ -103,9 +103,11 @@ class Replay:
         for m, li in enumerate(spec.moe_layers):
             self.moe_of[li] = m
         self.st = _State()
-        for part in self.cache.parts:  # preloaded experts (resident, static placements): no copy counted
+        self._fill = [0] * len(self.cache.parts)  # keys held per partition
+        for p, part in enumerate(self.cache.parts):  # preloaded experts (resident, static): no copy counted
             for key in part.preload():
                 part.insert(key, -1)
+                self._fill[p] += 1
                 self.st.occupancy += 1
         self.st.peak_occupancy = self.st.occupancy
 
@@ -140,14 +142,13 @@ class Replay:
             t0 = env.now
             if fast:
                 tl.advance_host(t0)
-                tl.record = window is not None and window[0] <= i < window[1]
+            tl.record = window is not None and window[0] <= i < window[1]
             tl.c.reset()
             counts0 = (self.st.hits, self.st.misses, self.st.cpu_experts, self.st.copies, self.st.bytes_h2d)
             self._plan_step(step, i)
             if fast:
                 yield env.timeout(tl.h - env.now)
             else:
-                tl.record = window is not None and window[0] <= i < window[1]
                 yield tl.play()
             self.log.add(step, t0, env.now, tl.c, counts0, self.st, self.ri, self.spec)
         if bar is not None:
@@ -161,6 +162,7 @@ class Replay:
         spec = self.spec
         E = self.E
         self._cur_step = i
+        rec = tl.record
         tokens = len(step.rows)
         ctx_tokens = int((self.ri.position[step.rows] + 1).sum())
         if self._step_cache is not None:
@@ -199,15 +201,15 @@ class Replay:
             tl.kernels(ks // 2 or 1, extra_each, name="embed")
         for li in range(spec.num_layers):
             if ka:
-                tl.kernels(ka, attn_each, name=f"L{li} attention")
+                tl.kernels(ka, attn_each, name=f"L{li} attention" if rec else "")
             m = self.moe_of[li]
             if m < 0:
-                tl.kernels(kd, dense_each, name=f"L{li} ffn")
+                tl.kernels(kd, dense_each, name=f"L{li} ffn" if rec else "")
                 continue
-            r_end = tl.kernels(kr, router_each, name=f"L{li} router")
+            r_end = tl.kernels(kr, router_each, name=f"L{li} router" if rec else "")
             if shared_each:
-                tl.kernels(kd, shared_each, name=f"L{li} shared experts")
-            tl.sync(r_end, name=f"L{li} routing to host")
+                tl.kernels(kd, shared_each, name=f"L{li} shared experts" if rec else "")
+            tl.sync(r_end, name=f"L{li} routing to host" if rec else "")
             exps, toks = ex_by_layer[m], tok_by_layer[m]
             p = part_of[m]
             part, cap = parts[p], caps[p]
@@ -234,7 +236,7 @@ class Replay:
                         si = self._stage_i
                         slot_free = self._stage[si]
                     dep = tl.copy(copy_us, H2D, after=slot_free, on_compute=on_compute, blocking=blocking,
-                                  name=f"L{li} e{e}")
+                                  name=f"L{li} e{e}" if rec else "")
                     st.copies += 1
                     st.bytes_h2d += expert_bytes
                     if cap:
@@ -242,14 +244,14 @@ class Replay:
                 each = gpu_each.get(nt)
                 if each is None:
                     each = gpu_each[nt] = costs.expert_gpu_us(nt) / kpe
-                end = tl.kernels(kpe, each, after=dep, name=f"L{li} e{e}", cat="expert")
+                end = tl.kernels(kpe, each, after=dep, name=f"L{li} e{e}" if rec else "", cat="expert")
                 if cap:
                     last_use[key] = end
                 else:  # the staging buffer is free again once this expert's kernels are done
                     self._stage[self._stage_i] = end
                     self._stage_i = (self._stage_i + 1) % len(self._stage)
             cpu_done = self._cpu_experts(cpu_jobs, r_end, li) if cpu_jobs else None
-            tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine", wait="cpu")
+            tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine" if rec else "", wait="cpu")
             if self.prefetcher is not None:
                 self._prefetch(view, m)
         if ks:
@@ -260,7 +262,7 @@ class Replay:
         """Make room in partition p and insert key; returns the handle the copy must wait for."""
         st = self.st
         slot_free = None
-        if len(part) >= cap:
+        if self._fill[p] >= cap:
             victim = part.to_evict(t)
             part.evict(victim)
             slot_free = st.last_use.pop(victim, None)
@@ -269,6 +271,7 @@ class Replay:
             st.ready.pop(victim, None)
             st.prefetched.discard(victim)
         else:
+            self._fill[p] += 1
             st.occupancy += 1
             if st.occupancy > st.peak_occupancy:
                 st.peak_occupancy = st.occupancy
@@ -279,15 +282,16 @@ class Replay:
         """kTransformers-style: one D2H of the layer's activations, the CPU computes its experts in turn,
         one H2D of the combined result."""
         tl, costs, st = self.tl, self.costs, self.st
+        rec = tl.record
         ntok = max(nt for _, nt in jobs)
         act = costs.activation_bytes(ntok)
-        x = tl.copy(costs.d2h_us(act), D2H, after=after, name=f"L{li} activations to host")
+        x = tl.copy(costs.d2h_us(act), D2H, after=after, name=f"L{li} activations to host" if rec else "")
         st.bytes_d2h += act
         done = x
         for e, nt in jobs:
-            done = tl.cpu(costs.expert_cpu_us(nt), after=done, name=f"L{li} e{e} (cpu)")
+            done = tl.cpu(costs.expert_cpu_us(nt), after=done, name=f"L{li} e{e} (cpu)" if rec else "")
             st.cpu_experts += 1
-        y = tl.copy(costs.h2d_us(act, pinned=True), H2D, after=done, name=f"L{li} cpu result to gpu")
+        y = tl.copy(costs.h2d_us(act, pinned=True), H2D, after=done, name=f"L{li} cpu result to gpu" if rec else "")
         st.bytes_h2d += act
         return y
 
@@ -295,6 +299,7 @@ class Replay:
         st, tl = self.st, self.tl
         E = self.E
         copy_us = self.costs.h2d_us(self.plan.expert_bytes)
+        rec = tl.record
         for layer, e in self.prefetcher.propose(view, m):
             if not (0 <= layer < self.L and 0 <= e < E):
                 continue
@@ -304,7 +309,7 @@ class Replay:
             if not cap or key in part:
                 continue
             slot_free = self._admit(part, cap, p, key, -1)
-            st.ready[key] = tl.copy(copy_us, H2D, after=slot_free, name=f"prefetch L{layer} e{e}")
+            st.ready[key] = tl.copy(copy_us, H2D, after=slot_free, name=f"prefetch L{layer} e{e}" if rec else "")
             st.prefetched.add(key)
             st.prefetches += 1
             st.copies += 1

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
 from simmoe.errors import InputError
 
 Pos = Annotated[float, Field(gt=0)]

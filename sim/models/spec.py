@@ -65,9 +65,16 @@ class ModelSpec:
     # ---- validation -------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         src = f"model {self.name!r}"
-        for name in ("num_layers", "num_experts", "top_k", "d_model", "expert_d_ff", "num_heads", "head_dim"):
+        for name in ("num_layers", "num_experts", "top_k", "d_model", "expert_d_ff", "num_heads", "head_dim",
+                     "num_kv_heads", "vocab_size"):
             if getattr(self, name) <= 0:
                 raise InputError(src, name, f"must be > 0, got {getattr(self, name)}")
+        for name in ("num_shared_experts", "shared_d_ff", "dense_d_ff", "kv_lora_rank", "qk_rope_head_dim",
+                     "attn_params_override"):
+            if getattr(self, name) < 0:
+                raise InputError(src, name, f"must be >= 0, got {getattr(self, name)}")
+        if self.num_shared_experts and self.shared_d_ff <= 0:
+            raise InputError(src, "shared_d_ff", "shared experts present but shared_d_ff is 0")
         if self.top_k > self.num_experts:
             raise InputError(src, "top_k", f"{self.top_k} exceeds num_experts {self.num_experts}")
         if self.activation not in ACTIVATIONS:
@@ -191,17 +198,26 @@ class ModelSpec:
         if missing:
             raise InputError(source, f"model_spec.{missing[0]}", "missing")
         kw = dict(d)
-        try:
-            kw["moe_layers"] = tuple(int(x) for x in kw["moe_layers"])
-        except (TypeError, ValueError):
-            raise InputError(source, "model_spec.moe_layers", "must be a list of integers") from None
+        layers = kw["moe_layers"]
+        if not isinstance(layers, (list, tuple)) or not all(_is_int(x) for x in layers):
+            raise InputError(source, "model_spec.moe_layers", "must be a list of integers")
+        kw["moe_layers"] = tuple(int(x) for x in layers)
         for f in dataclasses.fields(cls):
-            if f.name in kw and f.type in ("int",) and not isinstance(kw[f.name], int):
-                raise InputError(source, f"model_spec.{f.name}", f"must be an integer, got {kw[f.name]!r}")
+            if f.name not in kw or f.name == "moe_layers":
+                continue
+            v = kw[f.name]
+            if f.type == "int" and not _is_int(v):
+                raise InputError(source, f"model_spec.{f.name}", f"must be an integer, got {v!r}")
+            if f.type == "str" and not isinstance(v, str):
+                raise InputError(source, f"model_spec.{f.name}", f"must be a string, got {v!r}")
+            if f.type == "bool" and not isinstance(v, bool):
+                raise InputError(source, f"model_spec.{f.name}", f"must be true or false, got {v!r}")
         return cls(**kw)
 
     def truncated(self, num_moe_layers: int) -> ModelSpec:
         """The same model keeping only its first `num_moe_layers` MoE layers (a truncated capture)."""
+        if num_moe_layers < 1:
+            raise InputError(f"model {self.name!r}", "moe_layers", "a trace needs at least one MoE layer")
         if num_moe_layers >= self.num_moe_layers:
             return self
         keep = self.moe_layers[:num_moe_layers]
@@ -209,3 +225,7 @@ class ModelSpec:
         return dataclasses.replace(self, num_layers=last + 1, moe_layers=keep)
 
 
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -1,0 +1,518 @@
+"""The torch timing harness: what `simmoe calibrate` measures, as a plan of steps that return CSV rows.
+
+torch is imported inside the functions only (it is an optional extra; `simmoe replay` never needs it).
+
+GPU timings use CUDA events. Before each timed repetition the stream is parked on a short spin kernel
+(`torch.cuda._sleep`) so that the host has queued the whole repetition before the start event fires: the
+event interval is then GPU time only, without the host's launch cost, which is measured separately
+(`host` rows) and modelled separately by the simulator (HostSpec). CPU timings use perf_counter around
+synchronous calls. Every point is warmed up, repeated (fewer repetitions for slow points) and reported as
+the median (with min and max). Expert weights rotate over enough copies to exceed the last-level cache, as
+in serving, where an expert's weights come from DRAM/HBM, not from the cache.
+
+Each row has the columns `COLUMNS`; `kind` says what was measured:
+    copy        one H2D / D2H copy (name h2d_pinned, h2d_pageable, d2h_pinned, d2h_pageable; size_bytes)
+    host        host time per operation (name launch, copy_issue, sync on cuda; dispatch on cpu)
+    kernel_min  GPU time of the smallest kernel (a 1-element add)
+    membw       a large device-to-same-device copy (bytes = bytes read + written)
+    gemm        a large square matmul (tokens = n, flops = 2 n^3)
+    expert_ffn  one expert of a model's shape (name = shape key; tokens, flops, bytes = weight bytes)
+    expert_probe  the same at a quarter of the width: separates per-call overhead from bandwidth in the fit
+    dense       batch-1 dense kernels of a model (name = model:q_proj / kv_proj / o_proj / router)
+    overlap     copy alone, compute alone, both serial, both on two streams; h2d + d2h alone and together
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simmoe.calibrate import compute_dtype, shape_key
+from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
+
+COLUMNS = ["kind", "device", "name", "dtype", "size_bytes", "tokens", "flops", "bytes",
+           "median_us", "min_us", "max_us", "reps"]
+
+KIB, MIB, GIB = 2**10, 2**20, 2**30
+SPIN_CYCLES = 1_000_000  # ~0.5 ms on a 2 GHz GPU: longer than the host needs to queue one repetition
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    copy_sizes: tuple[int, ...]
+    tokens: tuple[int, ...]
+    probe_tokens: tuple[int, ...] = (1, 2)
+    warmup: int = 2
+    reps: int = 15
+    min_reps: int = 3
+    point_budget_s: float = 1.0  # stop repeating a point after this long once min_reps are in
+    max_call_s: float = 5.0  # stop growing the token count once one call takes this long
+    launch_n: int = 2000  # launches per host-cost repetition
+    rotate_bytes: int = 256 * MIB  # expert weight copies rotate over at least this many bytes
+    membw_bytes: int = 256 * MIB
+    cpu_gemm_n: int = 2048
+    gpu_gemm_n: int = 8192
+    overlap_bytes: int = 64 * MIB
+
+
+def settings(quick: bool, llc_bytes: int = 0, gpu_l2_bytes: int = 0, memory_bytes: int = 0) -> Settings:
+    """Measurement sizes and repetition counts; quick mode takes seconds on a CPU."""
+    cache = max(llc_bytes, gpu_l2_bytes)
+    cap = memory_bytes // 8 if memory_bytes else 4 * GIB
+    if quick:
+        return Settings(
+            quick=True,
+            copy_sizes=(4 * KIB, 64 * KIB, MIB, 16 * MIB, 64 * MIB),
+            tokens=(1, 2, 4, 8, 16, 32, 64),
+            warmup=1, reps=5, min_reps=3, point_budget_s=0.25, max_call_s=0.5, launch_n=300,
+            rotate_bytes=min(max(64 * MIB, 2 * cache), cap), membw_bytes=min(max(64 * MIB, 2 * cache), cap),
+            cpu_gemm_n=1024, gpu_gemm_n=4096, overlap_bytes=16 * MIB,
+        )
+    return Settings(
+        quick=False,
+        copy_sizes=tuple(KIB * 4**k for k in range(11)),  # 1 KiB .. 1 GiB
+        tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+        rotate_bytes=min(max(256 * MIB, 4 * cache), cap), membw_bytes=min(max(256 * MIB, 4 * cache), cap),
+    )
+
+
+@dataclass
+class Step:
+    """One unit of the plan (one progress-bar tick): `run()` returns CSV rows."""
+
+    label: str
+    run: Callable[[], list[Row]]
+
+
+@dataclass(frozen=True)
+class ExpertShape:
+    d_model: int
+    d_ff: int
+    activation: str
+    dtype: str
+    models: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def key(self) -> str:
+        return shape_key(self.d_model, self.d_ff, self.activation, self.dtype)
+
+    @property
+    def mats(self) -> int:
+        return 3 if self.activation in ("swiglu", "geglu") else 2
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(self.mats * self.d_model * self.d_ff * BYTES_PER_PARAM[self.dtype])
+
+    def flops(self, tokens: int) -> float:
+        return 2.0 * self.mats * self.d_model * self.d_ff * tokens
+
+    def probe(self) -> ExpertShape:
+        return ExpertShape(self.d_model, max(64, self.d_ff // 4), self.activation, self.dtype)
+
+
+def expert_shapes(models: Sequence[ModelSpec]) -> list[ExpertShape]:
+    """Distinct routed-expert shapes of `models`, in first-seen order."""
+    seen: dict[str, ExpertShape] = {}
+    for m in models:
+        s = ExpertShape(m.d_model, m.expert_d_ff, m.activation, compute_dtype(m), (m.name,))
+        if s.key in seen:
+            old = seen[s.key]
+            seen[s.key] = ExpertShape(s.d_model, s.d_ff, s.activation, s.dtype, (*old.models, m.name))
+        else:
+            seen[s.key] = s
+    return list(seen.values())
+
+
+def _row(kind: str, device: str, name: str, times_us: Sequence[float], *, dtype: str = "",
+         size_bytes: int = 0, tokens: int = 0, flops: float = 0.0, nbytes: float = 0.0) -> Row:
+    t = np.asarray(times_us, dtype=float)
+    return {"kind": kind, "device": device, "name": name, "dtype": dtype, "size_bytes": int(size_bytes),
+            "tokens": int(tokens), "flops": float(flops), "bytes": float(nbytes),
+            "median_us": float(np.median(t)), "min_us": float(t.min()), "max_us": float(t.max()),
+            "reps": int(len(t))}
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+# ---- timers ---------------------------------------------------------------------------------------------
+def time_host(fn: Callable[[int], object], st: Settings, reps: int | None = None) -> list[float]:
+    """perf_counter time of synchronous calls fn(i) in microseconds (after st.warmup calls)."""
+    for i in range(st.warmup):
+        fn(i)
+    reps = reps or st.reps
+    times: list[float] = []
+    start = time.perf_counter()
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - t0) * 1e6)
+        if len(times) >= st.min_reps and time.perf_counter() - start > st.point_budget_s:
+            break
+    return times
+
+
+def time_cuda(fn: Callable[[int], object], st: Settings, reps: int | None = None, spin: bool = True) -> list[float]:
+    """GPU time of fn(i) between CUDA events on the current stream, in microseconds."""
+    import torch
+
+    sleep = getattr(torch.cuda, "_sleep", None) if spin else None
+    ev = torch.cuda.Event
+
+    def once(i: int) -> tuple[Any, Any]:
+        if sleep is not None:
+            sleep(SPIN_CYCLES)
+        s, e = ev(enable_timing=True), ev(enable_timing=True)
+        s.record()
+        fn(i)
+        e.record()
+        return s, e
+
+    torch.cuda.synchronize()
+    est = 0.0
+    for i in range(max(1, st.warmup)):
+        s, e = once(i)
+        e.synchronize()
+        est = s.elapsed_time(e) * 1e3
+    n = reps or st.reps
+    if est > 0:
+        n = int(min(n, max(st.min_reps, st.point_budget_s * 1e6 / est)))
+    pairs = [once(i) for i in range(n)]
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) * 1e3 for s, e in pairs]
+
+
+# ---- expert FFN -----------------------------------------------------------------------------------------
+def _expert_fn(activation: str) -> Callable[[Any, tuple[Any, ...]], Any]:
+    import torch.nn.functional as F
+
+    if activation == "swiglu":
+        return lambda x, w: F.linear(F.silu(F.linear(x, w[0])) * F.linear(x, w[2]), w[1])
+    if activation == "geglu":
+        return lambda x, w: F.linear(F.gelu(F.linear(x, w[0])) * F.linear(x, w[2]), w[1])
+    if activation == "relu":
+        return lambda x, w: F.linear(F.relu(F.linear(x, w[0])), w[1])
+    return lambda x, w: F.linear(F.gelu(F.linear(x, w[0])), w[1])
+
+
+def _expert_weights(shape: ExpertShape, device: str, copies: int) -> list[tuple[Any, ...]]:
+    import torch
+
+    dt = _torch_dtype(shape.dtype)
+    out = []
+    for _ in range(copies):
+        w1 = torch.empty(shape.d_ff, shape.d_model, dtype=dt, device=device).normal_(0, 0.02)
+        w2 = torch.empty(shape.d_model, shape.d_ff, dtype=dt, device=device).normal_(0, 0.02)
+        w3 = (torch.empty(shape.d_ff, shape.d_model, dtype=dt, device=device).normal_(0, 0.02)
+              if shape.mats == 3 else None)
+        out.append((w1, w2, w3))
+    return out
+
+
+def _measure_expert(shape: ExpertShape, device: str, st: Settings, tokens: Sequence[int], kind: str,
+                    name: str) -> list[Row]:
+    import torch
+
+    copies = max(1, min(32, math.ceil(st.rotate_bytes / shape.weight_bytes)))
+    weights = _expert_weights(shape, device, copies)
+    fn = _expert_fn(shape.activation)
+    dt = _torch_dtype(shape.dtype)
+    rows = []
+    with torch.inference_mode():
+        for n in tokens:
+            x = torch.randn(n, shape.d_model, dtype=dt, device=device)
+
+            def call(i: int, x: Any = x) -> object:
+                return fn(x, weights[i % copies])
+
+            times = time_cuda(call, st) if device == "cuda" else time_host(call, st)
+            rows.append(_row(kind, device, name, times, dtype=shape.dtype, tokens=n, flops=shape.flops(n),
+                             nbytes=shape.weight_bytes))
+            if float(np.median(times)) > st.max_call_s * 1e6:
+                break  # larger token counts extrapolate from the table's slope
+    return rows
+
+
+# ---- CPU ------------------------------------------------------------------------------------------------
+def set_cpu_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
+def plan_cpu(models: Sequence[ModelSpec], st: Settings, threads: int) -> list[Step]:
+    """CPU steps: dispatch cost, memory bandwidth, GEMM peak, expert FFN per shape (+ its probe)."""
+    shapes = expert_shapes(models)
+    dtypes = list(dict.fromkeys(s.dtype for s in shapes))
+
+    def dispatch() -> list[Row]:
+        import torch
+
+        set_cpu_threads(threads)
+        x = torch.zeros(16)
+        n = st.launch_n
+
+        def many(_: int) -> None:
+            for _ in range(n):
+                x.add(1.0)
+
+        times = time_host(many, st, reps=5)
+        return [_row("host", "cpu", "dispatch", [t / n for t in times])]
+
+    def membw() -> list[Row]:
+        import torch
+
+        set_cpu_threads(threads)
+        nbytes = st.membw_bytes
+        src = torch.ones(nbytes // 4, dtype=torch.float32)
+        dst = torch.zeros_like(src)
+        times = time_host(lambda _: dst.copy_(src), st)
+        return [_row("membw", "cpu", "copy", times, size_bytes=nbytes, nbytes=2 * nbytes)]
+
+    def gemm(dtype: str) -> Callable[[], list[Row]]:
+        def run() -> list[Row]:
+            import torch
+            import torch.nn.functional as F
+
+            set_cpu_threads(threads)
+            n = st.cpu_gemm_n
+            a = torch.randn(n, n).to(_torch_dtype(dtype))
+            b = torch.randn(n, n).to(_torch_dtype(dtype))
+            with torch.inference_mode():
+                # F.linear (x @ w.T), the call the experts make: on CPUs without native bf16, a bf16 `a @ b`
+                # takes a far slower path than the linear layers do.
+                times = time_host(lambda _: F.linear(a, b), st)
+            return [_row("gemm", "cpu", f"matmul{n}", times, dtype=dtype, tokens=n, flops=2.0 * n**3)]
+
+        return run
+
+    def expert(shape: ExpertShape, probe: bool) -> Callable[[], list[Row]]:
+        def run() -> list[Row]:
+            set_cpu_threads(threads)
+            if probe:
+                p = shape.probe()
+                return _measure_expert(p, "cpu", st, st.probe_tokens, "expert_probe", p.key)
+            return _measure_expert(shape, "cpu", st, st.tokens, "expert_ffn", shape.key)
+
+        return run
+
+    steps = [Step("cpu dispatch cost", dispatch), Step("cpu memory bandwidth", membw)]
+    steps += [Step(f"cpu {d} GEMM peak", gemm(d)) for d in dtypes]
+    for s in shapes:
+        steps.append(Step(f"cpu expert {s.key} (probe)", expert(s, True)))
+        steps.append(Step(f"cpu expert {s.key}", expert(s, False)))
+    return steps
+
+
+# ---- GPU ------------------------------------------------------------------------------------------------
+def plan_gpu(models: Sequence[ModelSpec], st: Settings) -> list[Step]:
+    """GPU steps: host launch / copy-issue / sync costs, PCIe copies, GEMM peak, HBM bandwidth, expert FFN per
+    shape (+ probe), batch-1 dense kernels, copy/compute and H2D/D2H overlap."""
+    shapes = expert_shapes(models)
+    dtypes = list(dict.fromkeys(s.dtype for s in shapes))
+
+    def host_costs() -> list[Row]:
+        import torch
+
+        n = st.launch_n
+        x = torch.zeros(1, device="cuda")
+        src = torch.ones(1024, dtype=torch.uint8).pin_memory()
+        dst = torch.empty(1024, dtype=torch.uint8, device="cuda")
+
+        def launches(_: int) -> None:
+            for _ in range(n):
+                x.add(1.0)
+
+        def issues(_: int) -> None:
+            for _ in range(n):
+                dst.copy_(src, non_blocking=True)
+
+        def timed_no_sync(fn: Callable[[int], None]) -> list[float]:
+            # Host time of n asynchronous operations, the GPU drained before each repetition.
+            out = []
+            for i in range(st.warmup + 5):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn(i)
+                dt = (time.perf_counter() - t0) * 1e6 / n
+                if i >= st.warmup:
+                    out.append(dt)
+            torch.cuda.synchronize()
+            return out
+
+        rows = [_row("host", "cuda", "launch", timed_no_sync(launches)),
+                _row("host", "cuda", "copy_issue", timed_no_sync(issues))]
+        y = torch.ones(1, device="cuda")
+        rows.append(_row("host", "cuda", "sync", time_host(lambda _: y.item(), st, reps=50)))
+        rows.append(_row("kernel_min", "cuda", "add1", time_cuda(lambda _: x.add_(1.0), st, reps=50)))
+        return rows
+
+    def copies(direction: str, pinned: bool) -> Callable[[], list[Row]]:
+        def run() -> list[Row]:
+            import torch
+
+            top = max(st.copy_sizes)
+            host = torch.ones(top, dtype=torch.uint8)  # touched: no first-touch page faults while timing
+            if pinned:
+                host = host.pin_memory()
+            dev = torch.ones(top, dtype=torch.uint8, device="cuda")
+            name = f"{direction}_{'pinned' if pinned else 'pageable'}"
+            rows = []
+            for size in st.copy_sizes:
+                h, d = host[:size], dev[:size]
+                if direction == "h2d":
+                    fn = lambda _, h=h, d=d: d.copy_(h, non_blocking=pinned)  # noqa: E731
+                else:
+                    fn = lambda _, h=h, d=d: h.copy_(d, non_blocking=pinned)  # noqa: E731
+                rows.append(_row("copy", "cuda", name, time_cuda(fn, st), size_bytes=size, nbytes=size))
+            return rows
+
+        return run
+
+    def peaks() -> list[Row]:
+        import torch
+        import torch.nn.functional as F
+
+        rows = []
+        n = st.gpu_gemm_n
+        with torch.inference_mode():
+            for d in dtypes:
+                a = torch.randn(n, n, device="cuda", dtype=_torch_dtype(d))
+                b = torch.randn(n, n, device="cuda", dtype=_torch_dtype(d))
+                times = time_cuda(lambda _, a=a, b=b: F.linear(a, b), st)
+                rows.append(_row("gemm", "cuda", f"matmul{n}", times, dtype=d, tokens=n, flops=2.0 * n**3))
+                a = b = None
+            nbytes = st.membw_bytes
+            src = torch.ones(nbytes, dtype=torch.uint8, device="cuda")
+            dst = torch.empty_like(src)
+            rows.append(_row("membw", "cuda", "copy", time_cuda(lambda _: dst.copy_(src), st),
+                             size_bytes=nbytes, nbytes=2 * nbytes))
+        return rows
+
+    def expert(shape: ExpertShape, probe: bool) -> Callable[[], list[Row]]:
+        def run() -> list[Row]:
+            if probe:
+                p = shape.probe()
+                return _measure_expert(p, "cuda", st, st.probe_tokens, "expert_probe", p.key)
+            return _measure_expert(shape, "cuda", st, st.tokens, "expert_ffn", shape.key)
+
+        return run
+
+    def dense(m: ModelSpec) -> Callable[[], list[Row]]:
+        def run() -> list[Row]:
+            import torch
+            import torch.nn.functional as F
+
+            dname = m.dtype if m.dtype in ("bf16", "fp16", "fp32") else "bf16"
+            dt = _torch_dtype(dname)
+            q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
+            rows = []
+            with torch.inference_mode():
+                for part, (out_f, in_f) in (("q_proj", (q, m.d_model)), ("kv_proj", (kv, m.d_model)),
+                                            ("o_proj", (m.d_model, q)), ("router", (m.num_experts, m.d_model))):
+                    wbytes = out_f * in_f * dt.itemsize
+                    copies = max(1, min(32, math.ceil(st.rotate_bytes / wbytes)))
+                    ws = [torch.empty(out_f, in_f, dtype=dt, device="cuda").normal_(0, 0.02)
+                          for _ in range(copies)]
+                    x = torch.randn(1, in_f, dtype=dt, device="cuda")
+                    times = time_cuda(lambda i, x=x, ws=ws: F.linear(x, ws[i % len(ws)]), st)
+                    rows.append(_row("dense", "cuda", f"{m.name}:{part}", times, dtype=dname,
+                                     tokens=1, flops=2.0 * out_f * in_f, nbytes=wbytes))
+            return rows
+
+        return run
+
+    def overlap() -> list[Row]:
+        import torch
+
+        nbytes = st.overlap_bytes
+        host_in = torch.ones(nbytes, dtype=torch.uint8).pin_memory()
+        host_out = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+        dev_in = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        dev_out = torch.ones(nbytes, dtype=torch.uint8, device="cuda")
+        a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+        side, side2 = torch.cuda.Stream(), torch.cuda.Stream()
+
+        def h2d(_: int = 0) -> None:
+            dev_in.copy_(host_in, non_blocking=True)
+
+        def d2h(_: int = 0) -> None:
+            host_out.copy_(dev_out, non_blocking=True)
+
+        with torch.inference_mode():
+            t_copy = float(np.median(time_cuda(h2d, st)))
+            t_mm = float(np.median(time_cuda(lambda _: a @ a, st)))
+            k = max(1, min(200, round(t_copy / max(t_mm, 1e-3))))
+
+            def compute(_: int = 0) -> None:
+                for _ in range(k):
+                    a @ a
+
+            def on_side(fns: Sequence[Callable[[], None]], streams: Sequence[Any]) -> Callable[[int], None]:
+                # fns[0] on the current stream, the others on side streams, all joined at the end.
+                def run(_: int) -> None:
+                    cur = torch.cuda.current_stream()
+                    for fn, s in zip(fns[1:], streams, strict=True):
+                        s.wait_stream(cur)
+                        with torch.cuda.stream(s):
+                            fn()
+                    fns[0]()
+                    for s in streams:
+                        cur.wait_stream(s)
+
+                return run
+
+            rows = [
+                _row("overlap", "cuda", "copy_alone", time_cuda(h2d, st), size_bytes=nbytes),
+                _row("overlap", "cuda", "compute_alone", time_cuda(compute, st), tokens=k),
+                _row("overlap", "cuda", "serial", time_cuda(lambda _: (h2d(), compute()), st),
+                     size_bytes=nbytes, tokens=k),
+                _row("overlap", "cuda", "overlapped", time_cuda(on_side([compute, h2d], [side]), st),
+                     size_bytes=nbytes, tokens=k),
+                _row("overlap", "cuda", "h2d_alone", time_cuda(h2d, st), size_bytes=nbytes),
+                _row("overlap", "cuda", "d2h_alone", time_cuda(d2h, st), size_bytes=nbytes),
+                _row("overlap", "cuda", "h2d_d2h_overlapped",
+                     time_cuda(on_side([lambda: None, h2d, d2h], [side, side2]), st), size_bytes=nbytes),
+            ]
+        return rows
+
+    steps = [Step("gpu host launch/copy-issue/sync cost", host_costs)]
+    for direction in ("h2d", "d2h"):
+        for pinned in (True, False):
+            steps.append(Step(f"pcie {direction} {'pinned' if pinned else 'pageable'}", copies(direction, pinned)))
+    steps.append(Step("gpu GEMM peak and HBM bandwidth", peaks))
+    for s in shapes:
+        steps.append(Step(f"gpu expert {s.key} (probe)", expert(s, True)))
+        steps.append(Step(f"gpu expert {s.key}", expert(s, False)))
+    steps += [Step(f"gpu dense kernels {m.name}", dense(m)) for m in models]
+    steps.append(Step("gpu copy/compute overlap", overlap))
+    return steps
+
+
+def gpu_l2_bytes() -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    return int(getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 0)
+
+
+def gpu_properties(index: int = 0) -> dict[str, Any]:
+    """Name, memory (GiB) and SM count of the GPU calibration measured."""
+    import torch
+
+    p = torch.cuda.get_device_properties(index)
+    return {"name": p.name, "memory_gib": p.total_memory / 2**30, "sm_count": p.multi_processor_count}

@@ -1,0 +1,221 @@
+"""Synthetic routing traces with settable temporal reuse, per-layer popularity skew and layer correlation.
+
+Model (per request, per MoE layer, per token; K = the model's top_k, E = its experts):
+
+* popularity: each layer ranks its experts by a random permutation; rank i has weight (i + 1) ** -skew
+  (skew 0 = uniform, larger = a few experts dominate);
+* layer correlation: a fresh draw at layer l is, with probability `layer_corr` per slot, forced to the
+  successor (a random fixed permutation per layer) of the fresh draw in the same slot at layer l - 1;
+* temporal reuse: with probability `reuse` per slot the token keeps the expert the previous token of the
+  same request had in that slot at this layer; the other slots are filled, without duplicates, from the
+  token's fresh draws (popularity, sampled without replacement, correlated draws first);
+* gates: Dirichlet(`gate_alpha`) over the K slots, sorted descending (slot 0 carries the largest gate, and
+  a kept expert keeps its slot, so a reused expert tends to keep its rank);
+* optional `predict_accuracy`: a `predicted` array whose row l holds layer l+1's experts with each slot
+  replaced, with probability 1 - accuracy, by a random other expert (what a speculative next-layer router
+  would guess).
+
+Everything is vectorised over requests, layers and slots; the only loop runs over token positions
+(reuse makes token t depend on token t - 1), with a handful of small array operations per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from simmoe.errors import InputError
+from simmoe.models import CATALOG, ModelSpec, get_model
+from simmoe.trace.format import Trace, make_meta, validate
+
+SYNTH_SOURCE = "synthetic (simmoe.trace.synth): generated, not captured from a real model"
+
+# Parameters fitted so that the per-layer LRU curve of a synthetic trace lands within ~3 points of the
+# real captures in REFERENCE-FIGURES.md (see traces/README.md for the curves they give).
+PRESETS: dict[str, dict[str, float]] = {
+    "deepseek-v2-lite-like": {"reuse": 0.2, "skew": 0.6, "layer_corr": 0.5},
+    "mixtral-like": {"reuse": 0.2, "skew": 0.3, "layer_corr": 0.3},
+}
+
+_BIG = np.float32(1e30)
+
+
+def _resolve_model(model: str | ModelSpec) -> tuple[ModelSpec, dict[str, Any]]:
+    if isinstance(model, ModelSpec):
+        if CATALOG.get(model.name) == model:
+            return model, {"model": model.name}
+        return model, {"model_spec": model}
+    if not isinstance(model, str):
+        raise InputError("synth", "model", f"must be a model name or ModelSpec, got {type(model).__name__}")
+    try:
+        return get_model(model), {"model": model}
+    except InputError as e:
+        raise InputError("synth", "model", e.message) from None
+
+
+def _per_request(value: int | Sequence[int], requests: int, name: str) -> np.ndarray:
+    a = np.asarray(value)
+    if a.ndim == 0:
+        a = np.full(requests, a)
+    if a.shape != (requests,) or a.dtype.kind not in "iu":
+        raise InputError("synth", name, f"must be an integer or {requests} integers, got {value!r}")
+    if (a < 0).any():
+        raise InputError("synth", name, f"must be >= 0, got {value!r}")
+    return a.astype(np.int64)
+
+
+def _check_prob(x: float, name: str) -> float:
+    x = float(x)
+    if not 0.0 <= x <= 1.0:
+        raise InputError("synth", name, f"must be in [0, 1], got {x}")
+    return x
+
+
+def synth_trace(
+    model: str | ModelSpec,
+    requests: int = 4,
+    prompt_tokens: int | Sequence[int] = 32,
+    decode_tokens: int | Sequence[int] = 128,
+    reuse: float = 0.2,
+    skew: float = 0.6,
+    layer_corr: float = 0.5,
+    seed: int = 0,
+    arrivals: float | Sequence[float] | None = None,
+    gate_alpha: float = 1.0,
+    predict_accuracy: float | None = None,
+    gates: bool = True,
+) -> Trace:
+    """A synthetic trace (see the module doc for the model). Same arguments, same arrays, bit for bit.
+
+    prompt_tokens / decode_tokens: per request (int, or one int per request). arrivals: None (no
+    arrival_s array), a rate in requests/s (Poisson process, first request at 0 s), or R arrival times."""
+    spec, model_fields = _resolve_model(model)
+    if int(requests) != requests or requests < 1:
+        raise InputError("synth", "requests", f"must be an integer >= 1, got {requests!r}")
+    requests = int(requests)
+    reuse = _check_prob(reuse, "reuse")
+    layer_corr = _check_prob(layer_corr, "layer_corr")
+    skew = float(skew)
+    if not np.isfinite(skew) or skew < 0:
+        raise InputError("synth", "skew", f"must be >= 0, got {skew}")
+    if not (np.isfinite(gate_alpha) and gate_alpha > 0):
+        raise InputError("synth", "gate_alpha", f"must be > 0, got {gate_alpha}")
+    if predict_accuracy is not None:
+        predict_accuracy = _check_prob(predict_accuracy, "predict_accuracy")
+    prompt = _per_request(prompt_tokens, requests, "prompt_tokens")
+    decode = _per_request(decode_tokens, requests, "decode_tokens")
+    lens = prompt + decode
+    if (lens == 0).any():
+        raise InputError("synth", "prompt_tokens", "every request needs at least one token")
+
+    L, E, K = spec.num_moe_layers, spec.num_experts, spec.top_k
+    R, T = requests, int(lens.max())
+    rng = np.random.default_rng(seed)
+
+    # popularity (log weights) and successor permutations, per layer
+    ranks = np.argsort(rng.random((L, E)), axis=1)  # rank of each expert in its layer
+    logp = (-skew * np.log1p(ranks)).astype(np.float32)
+    succ = np.argsort(rng.random((L, E)), axis=1)
+
+    # fresh draws: K distinct experts per (token position, request, layer), sampled without replacement
+    # proportionally to popularity (Gumbel top-k), correlated draws forced to the front
+    M = T * R
+    cand = np.empty((M, L, K), np.int64)
+    rows = np.arange(M)[:, None]
+    prio = np.float32(K) - np.arange(K, dtype=np.float32)
+    for layer in range(L):
+        g = rng.gumbel(size=(M, E)).astype(np.float32) + logp[layer]
+        if layer > 0 and layer_corr > 0:
+            force = rng.random((M, K)) < layer_corr
+            ri, ji = np.nonzero(force)
+            g[ri, succ[layer][cand[ri, layer - 1, ji]]] = _BIG + prio[ji]
+        top = np.argpartition(-g, K - 1, axis=1)[:, :K] if K < E else np.tile(np.arange(E), (M, 1))
+        order = np.argsort(-g[rows, top], axis=1, kind="stable")
+        cand[:, layer] = np.take_along_axis(top, order, axis=1)
+    cand = cand.reshape(T, R * L, K)
+
+    # temporal reuse: slot by slot, keep the previous token's expert or take the next unused fresh draw
+    keep = rng.random((T, R * L, K)) < reuse
+    keep[0] = False
+    fill_idx = np.cumsum(~keep, axis=2) - 1
+    np.maximum(fill_idx, 0, out=fill_idx)
+    A = np.empty((T, R * L, K), np.int64)
+    A[0] = cand[0]
+    for t in range(1, T):
+        prev, kp, c = A[t - 1], keep[t], cand[t]
+        kept = np.where(kp, prev, -1)
+        used = (c[:, :, None] == kept[:, None, :]).any(axis=2)
+        filler = np.take_along_axis(c, np.argsort(used, axis=1, kind="stable"), axis=1)
+        A[t] = np.where(kp, prev, np.take_along_axis(filler, fill_idx[t], axis=1))
+
+    # request-major rows, each request cut to its length
+    A = A.reshape(T, R, L, K).transpose(1, 0, 2, 3)
+    valid = np.arange(T)[None, :] < lens[:, None]  # [R, T]
+    experts = A[valid].astype(np.int16)
+    n = experts.shape[0]
+    request = np.repeat(np.arange(R, dtype=np.int32), lens)
+    pos = np.arange(n) - np.repeat(np.cumsum(lens) - lens, lens)
+    phase = (pos >= np.repeat(prompt, lens)).astype(np.int8)
+
+    gate_arr = None
+    if gates:
+        gsamp = rng.gamma(gate_alpha, size=(n, L, K))
+        gsamp /= gsamp.sum(axis=2, keepdims=True)
+        gate_arr = -np.sort(-gsamp, axis=2).astype(np.float32)
+
+    predicted = None
+    if predict_accuracy is not None:
+        predicted = np.full((n, L, K), -1, np.int16)
+        if L > 1:
+            nxt = experts[:, 1:].astype(np.int64)
+            wrong = rng.random(nxt.shape) >= predict_accuracy
+            # a random expert that is not among the layer's actual ones (u-th non-member)
+            v = rng.integers(0, E - K, size=nxt.shape) if E > K else np.zeros(nxt.shape, np.int64)
+            srt = np.sort(nxt, axis=2)
+            for j in range(K):
+                v += v >= srt[:, :, j:j + 1]
+            guess = np.where(wrong, v, nxt) if E > K else nxt
+            dup = np.zeros(guess.shape, bool)
+            for j in range(1, K):
+                dup[:, :, j] = (guess[:, :, j:j + 1] == guess[:, :, :j]).any(axis=2)
+            predicted[:, :-1] = np.where(dup, -1, guess).astype(np.int16)
+
+    arrival_s = None
+    if arrivals is not None:
+        a = np.asarray(arrivals, dtype=np.float64)
+        if a.ndim == 0:
+            rate = float(a)
+            if not (np.isfinite(rate) and rate > 0):
+                raise InputError("synth", "arrivals", f"rate must be > 0 requests/s, got {rate}")
+            gaps = rng.exponential(1.0 / rate, size=R)
+            a = np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+        if a.shape != (R,) or not np.isfinite(a).all() or (a < 0).any():
+            raise InputError("synth", "arrivals", f"must be a rate or {R} finite times >= 0")
+        arrival_s = a.astype(np.float64)
+
+    params = {"requests": R, "prompt_tokens": _plain(prompt_tokens), "decode_tokens": _plain(decode_tokens),
+              "reuse": reuse, "skew": skew, "layer_corr": layer_corr, "seed": int(seed),
+              "arrivals": _plain(arrivals), "gate_alpha": float(gate_alpha),
+              "predict_accuracy": predict_accuracy}
+    meta = make_meta(source=SYNTH_SOURCE, synthetic=True, generator="simmoe.trace.synth.synth_trace",
+                     generator_params=params, **model_fields)
+    trace = Trace(experts=experts, request=request, phase=phase, meta=meta, gates=gate_arr,
+                  arrival_s=arrival_s, predicted=predicted, source="<synthetic>")
+    validate(trace)
+    return trace
+
+
+def _plain(x: Any) -> Any:
+    if x is None or isinstance(x, (int, float, str)):
+        return x
+    return np.asarray(x).tolist()
+
+
+def preset_params(name: str) -> dict[str, float]:
+    """The generator parameters of a preset (a copy)."""
+    try:
+        return dict(PRESETS[name])
+    except KeyError:
+        raise InputError("synth", "preset", f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
