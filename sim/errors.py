@@ -16,7 +16,11 @@ class InputError(Exception):
         self.source = str(source) if source is not None else None
         self.field = field
         self.message = message
-        super().__init__(self.line())
+        # args hold the fields so that type(e)(*e.args) rebuilds it (SimPy re-raises process errors so)
+        super().__init__(self.source, field, message)
+
+    def __str__(self) -> str:
+        return self.line()
 
     def line(self) -> str:
         parts = [p for p in (self.source, self.field) if p]

@@ -16,7 +16,10 @@ from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
 
 
 def shape_key(spec: ModelSpec, dtype: str | None = None) -> str:
-    """Key of an expert shape in calibrated kernel tables, e.g. '4096x14336xswiglu:bf16'."""
+    """Key of an expert shape in calibrated kernel tables, e.g. '4096x14336xswiglu:bf16' (quantised
+    experts: 'q4.5' for 4.5 bits per weight, which no bf16 table answers)."""
+    if dtype is None and spec.expert_bits:
+        dtype = f"q{spec.expert_bits:g}"
     return f"{spec.d_model}x{spec.expert_d_ff}x{spec.activation}:{dtype or spec.expert_dtype}"
 
 
@@ -30,8 +33,11 @@ def _table_us(table: KernelTable, tokens: int) -> float:
 
 
 class CostModel:
-    def __init__(self, spec: ModelSpec, hw: HwProfile, *, pinned: bool = True) -> None:
+    def __init__(self, spec: ModelSpec, hw: HwProfile, *, pinned: bool = True,
+                 dequant_flops_per_param: float = 0.0) -> None:
         self.spec = spec
+        # dequantising weights on the fly: extra work per weight per kernel, independent of token count
+        self._dequant_flops = dequant_flops_per_param * spec.expert_params
         self.hw = hw
         self.pinned = pinned
         g = hw.gpu
@@ -64,7 +70,8 @@ class CostModel:
             return _table_us(self._gpu_table, tokens)
         s = self.spec
         act = tokens * (2 * s.d_model + 3 * s.expert_d_ff) * self._act_bytes
-        return self.gpu_roofline_us(s.expert_flops(tokens), self.expert_bytes + act, self.hw.host.kernels_per_expert)
+        return self.gpu_roofline_us(s.expert_flops(tokens) + self._dequant_flops, self.expert_bytes + act,
+                                    self.hw.host.kernels_per_expert)
 
     def _ffn_gpu_us(self, d_ff: int, tokens: int, n: int = 1) -> float:
         s = self.spec
@@ -105,7 +112,7 @@ class CostModel:
         if self._cpu_table is not None:
             return _table_us(self._cpu_table, tokens)
         s = self.spec
-        t = max(s.expert_flops(tokens) / self._cpu_flops, self.expert_bytes / self._cpu_bw) * 1e6
+        t = max((s.expert_flops(tokens) + self._dequant_flops) / self._cpu_flops, self.expert_bytes / self._cpu_bw) * 1e6
         return t + self.hw.cpu.expert_overhead_us
 
     # ---- copies ------------------------------------------------------------------------------------------

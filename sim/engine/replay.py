@@ -8,6 +8,7 @@ engine="simpy", one SimPy event per kernel. Both give the same times (tested).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,16 @@ class Replay:
         if cfg.max_requests is not None:
             tr = tr.select(requests=tr.request_ids[: cfg.max_requests])
             self.trace = tr
+        self.routing_fidelity = 1.0
+        if self.r.routing_cls is not None:  # a different model output: served experts change, report fidelity
+            router = self.r.routing_cls(self.r.routing_opts)
+            experts, self.routing_fidelity = router.reroute(tr.experts, tr.gates)
+            tr = self.trace = dataclasses.replace(tr, experts=experts, predicted=None)
+        dequant = 0.0
+        if self.r.precision_cls is not None:
+            prec = self.r.precision_cls(self.r.precision_opts)
+            self.spec = spec = prec.apply(spec)
+            dequant = prec.dequant_flops_per_param()
         self.ri = RowIndex(tr.request, tr.phase)
         self.steps: list[Step] = list(static_schedule(self.ri, cfg.batch, cfg.prefill_chunk))
         self.L = tr.num_layers
@@ -83,7 +94,7 @@ class Replay:
         self.has_null = bool((tr.experts < 0).any())
         max_rows = int((self.ri.stops - self.ri.starts).max())
         max_step_tokens = max(len(s.rows) for s in self.steps)
-        self.costs = CostModel(spec, self.hw, pinned=cfg.host_memory == "pinned")
+        self.costs = CostModel(spec, self.hw, pinned=cfg.host_memory == "pinned", dequant_flops_per_param=dequant)
         staging = cfg.staging_buffers if needs_staging(self.r) else 0
         self.plan = fixed_plan(spec, self.hw, batch=cfg.batch, max_request_rows=max_rows,
                                max_step_tokens=max_step_tokens, staging_buffers=staging, hw_name=self.hw_name)
@@ -95,10 +106,12 @@ class Replay:
                                 for e in lay), dtype=np.int64)
             next_use = next_use_of(keys)
         self.next_use = next_use
-        self.cache = build_cache(self.r, self.plan, self.L, self.E, next_use)
+        self.placer = self.r.placement_cls(self.r.placement_opts) if self.r.placement_cls else None
+        cpu_layers = self.placer.cpu_layers(self.L) if self.placer is not None else frozenset()
+        self.layer_on_cpu = [m in cpu_layers for m in range(self.L)]
+        self.cache = build_cache(self.r, self.plan, self.L, self.E, next_use, cpu_layers)
         ctx = CacheContext(self.cache.total_slots, self.E, tuple(range(self.L)), next_use)
         self.prefetcher = self.r.prefetch_cls(ctx, self.r.prefetch_opts) if self.r.prefetch_cls else None
-        self.placer = self.r.placement_cls(self.r.placement_opts) if self.r.placement_cls else None
         self.moe_of = [-1] * spec.num_layers
         for m, li in enumerate(spec.moe_layers):
             self.moe_of[li] = m
@@ -190,6 +203,7 @@ class Replay:
         parts, part_of, caps = self.cache.parts, self.cache.part_of_layer, self.cache.capacity
         placer = self.placer
         bypass = placer is not None and placer.bypass_cache
+        layer_wise = placer is not None and placer.layer_wise
         last_use, ready = st.last_use, st.ready
         staging = self.plan.staging // expert_bytes if self.plan.staging else 0
         if staging and not hasattr(self, "_stage"):
@@ -215,11 +229,17 @@ class Replay:
             part, cap = parts[p], caps[p]
             base = m * E
             cpu_jobs = []
-            for e, nt in zip(exps, toks):
+            layer_bypass = bypass or self.layer_on_cpu[m]
+            where = self._place_layer(part, m, exps, toks) if layer_wise and not layer_bypass else None
+            for j, (e, nt) in enumerate(zip(exps, toks)):
                 key = base + e
-                t = st.t
-                st.t = t + 1
-                if not bypass and part.find(key, t):
+                if where is not None:  # looked up already by _place_layer
+                    hit = where[j] == "hit"
+                else:
+                    t = st.t
+                    st.t = t + 1
+                    hit = not layer_bypass and part.find(key, t)
+                if hit:
                     st.hits += 1
                     dep = ready.get(key)
                     if key in st.prefetched:
@@ -227,7 +247,12 @@ class Replay:
                         st.prefetch_used += 1
                 else:
                     st.misses += 1
-                    if bypass or (placer is not None and placer.place(Access(m, e, nt, t), costs) == "cpu"):
+                    if where is not None:
+                        on_cpu = where[j] == "cpu"
+                        t = self._t_of[j]
+                    else:
+                        on_cpu = layer_bypass or (placer is not None and placer.place(Access(m, e, nt, t), costs) == "cpu")
+                    if on_cpu:
                         cpu_jobs.append((e, nt))
                         continue
                     if cap:
@@ -257,6 +282,30 @@ class Replay:
         if ks:
             tl.kernels(ks - (ks // 2 or 1) or 1, extra_each, name="lm_head+sample")
         tl.sync(name="token to host")
+
+    def _place_layer(self, part, m: int, exps, toks) -> list[str]:
+        """Look up all of a layer's experts, then let a layer-wise placement split the misses:
+        returns per expert 'hit', 'gpu' or 'cpu' (access indices in self._t_of)."""
+        st = self.st
+        base = m * self.E
+        hits, misses, idx, out = [], [], [], []
+        self._t_of = t_of = []
+        for e, nt in zip(exps, toks):
+            t = st.t
+            st.t = t + 1
+            t_of.append(t)
+            acc = Access(m, int(e), int(nt), t)
+            if part.find(base + e, t):
+                hits.append(acc)
+                out.append("hit")
+            else:
+                misses.append(acc)
+                idx.append(len(out))
+                out.append("gpu")
+        if misses:
+            for j, w in zip(idx, self.placer.place_layer(hits, misses, self.costs)):
+                out[j] = w
+        return out
 
     def _admit(self, part, cap: int, p: int, key: int, t: int):
         """Make room in partition p and insert key; returns the handle the copy must wait for."""

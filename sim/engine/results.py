@@ -138,6 +138,8 @@ class Result:
             "hits": st.hits,
             "misses": st.misses,
             "hit_rate": st.hits / accesses if accesses else 0.0,
+            "routing_fidelity": rp.routing_fidelity,
+            "expert_bytes": plan.expert_bytes,
             "cpu_experts": st.cpu_experts,
             "copies": st.copies,
             "prefetches": st.prefetches,
@@ -181,7 +183,9 @@ class Result:
             f"  expert accesses {s['accesses']:,}   hits {s['hits']:,}   misses {s['misses']:,}   "
             f"hit rate {100 * s['hit_rate']:.1f}%   cpu-computed {s['cpu_experts']:,}",
             f"  cache {s['cache_slots']:,} experts   H2D {s['bytes_h2d'] / 1e9:,.2f} GB   "
-            f"prefetches {s['prefetches']:,} (used {s['prefetch_used']:,})",
+            f"prefetches {s['prefetches']:,} (used {s['prefetch_used']:,})"
+            + (f"   routing fidelity {100 * s['routing_fidelity']:.1f}% of gate mass"
+               if s["routing_fidelity"] < 1.0 else ""),
             "",
             "  latency (ms)      mean       p50       p90       p99",
             f"  TPOT        {ms(t['mean']):>9} {ms(t['p50']):>9} {ms(t['p90']):>9} {ms(t['p99']):>9}",

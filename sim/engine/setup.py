@@ -15,7 +15,9 @@ from simmoe.policies.base import (
     CachePolicy,
     PlacementPolicy,
     PolicySet,
+    PrecisionPolicy,
     PrefetchPolicy,
+    RoutingPolicy,
     SystemPolicy,
     parse_options,
 )
@@ -31,10 +33,15 @@ class Resolved:
     prefetch_opts: Any
     placement_cls: type[PlacementPolicy] | None
     placement_opts: Any
+    precision_cls: type[PrecisionPolicy] | None = None
+    precision_opts: Any = None
+    routing_cls: type[RoutingPolicy] | None = None
+    routing_opts: Any = None
 
     @property
     def reads_future(self) -> bool:
-        return any(c is not None and c.reads_future for c in (self.cache_cls, self.prefetch_cls, self.placement_cls))
+        return any(c is not None and c.reads_future for c in (self.cache_cls, self.prefetch_cls, self.placement_cls,
+                                                              self.precision_cls, self.routing_cls))
 
 
 def resolve(pset: PolicySet) -> Resolved:
@@ -44,23 +51,21 @@ def resolve(pset: PolicySet) -> Resolved:
         sys_opts = parse_options(cls.Options, pset.cache_options, cls.name)
         inner = cls.expand(sys_opts)
         # explicit --prefetch / --placement on the command line override the system's own choice
+        kinds = ("prefetch", "placement", "precision", "routing")
         pset = PolicySet(
-            cache=inner.cache, cache_options=inner.cache_options,
-            prefetch=pset.prefetch or inner.prefetch,
-            prefetch_options=pset.prefetch_options if pset.prefetch else inner.prefetch_options,
-            placement=pset.placement or inner.placement,
-            placement_options=pset.placement_options if pset.placement else inner.placement_options,
-            system=cls.name,
+            cache=inner.cache, cache_options=inner.cache_options, system=cls.name,
+            **{k: getattr(pset, k) or getattr(inner, k) for k in kinds},
+            **{f"{k}_options": getattr(pset if getattr(pset, k) else inner, f"{k}_options") for k in kinds},
         )
         cls = get_policy(pset.cache, "cache", source=f"system {cls.name}")
     cache_opts = parse_options(cls.Options, pset.cache_options, cls.name)
-    pf = get_policy(pset.prefetch, "prefetch", source="--prefetch") if pset.prefetch else None
-    pl = get_policy(pset.placement, "placement", source="--placement") if pset.placement else None
-    return Resolved(
-        pset, cls, cache_opts,
-        pf, parse_options(pf.Options, pset.prefetch_options, pf.name) if pf else None,
-        pl, parse_options(pl.Options, pset.placement_options, pl.name) if pl else None,
-    )
+    found = {}
+    for kind in ("prefetch", "placement", "precision", "routing"):
+        name = getattr(pset, kind)
+        c = get_policy(name, kind, source=f"--{kind}") if name else None
+        found[kind] = (c, parse_options(c.Options, getattr(pset, f"{kind}_options"), c.name) if c else None)
+    return Resolved(pset, cls, cache_opts, *found["prefetch"], *found["placement"], *found["precision"],
+                    *found["routing"])
 
 
 def needs_staging(r: Resolved) -> bool:
@@ -85,50 +90,54 @@ class CacheLayout:
 
 
 def build_cache(r: Resolved, plan: MemoryPlan, num_layers: int, num_experts: int,
-                next_use: np.ndarray | None) -> CacheLayout:
+                next_use: np.ndarray | None, cpu_layers: frozenset[int] = frozenset()) -> CacheLayout:
+    """Size and build the cache partitions. Layers in `cpu_layers` (placement keeps their experts on the
+    CPU) get no slots; the GPU room goes to the other layers."""
     cls, opts = r.cache_cls, r.cache_opts
     is_sized = isinstance(opts, CacheOptions)
     scope = opts.scope if is_sized else "layer"
     bypass = r.placement_cls is not None and r.placement_cls.bypass_cache
     src = f"--policy {cls.name}"
-    if bypass or cls.fixed_capacity == "none":
+    gpu_layers = num_layers - len(cpu_layers)
+    if bypass or cls.fixed_capacity == "none" or gpu_layers == 0:
         per = 0
         total = 0
     elif cls.fixed_capacity == "all":
-        per = num_experts if scope == "layer" else num_experts * num_layers
-        total = num_experts * num_layers
+        per = num_experts if scope == "layer" else num_experts * gpu_layers
+        total = num_experts * gpu_layers
         check_cache(plan, total, src, "all experts resident")
     elif is_sized and opts.slots_per_layer is not None:
         per = min(opts.slots_per_layer, num_experts)
-        total = per * num_layers
+        total = per * gpu_layers
         check_cache(plan, total, "--opt", "slots_per_layer")
         if scope == "global":
             per = total
     elif is_sized and opts.cache_gb is not None:
-        total = min(int(opts.cache_gb * 2**30) // plan.expert_bytes, num_experts * num_layers)
+        total = min(int(opts.cache_gb * 2**30) // plan.expert_bytes, num_experts * gpu_layers)
         check_cache(plan, total, "--opt", "cache_gb")
         if scope == "layer":
-            per = total // num_layers
-            total = per * num_layers
+            per = total // gpu_layers
+            total = per * gpu_layers
         else:
             per = total
     else:  # fill the memory left free
-        total = min(free_slots(plan), num_experts * num_layers)
+        total = min(free_slots(plan), num_experts * gpu_layers)
         if scope == "layer":
-            per = total // num_layers
-            total = per * num_layers
+            per = total // gpu_layers
+            total = per * gpu_layers
         else:
             per = total
     plan.cache_slots = total
     if scope == "layer":
-        parts = [cls(CacheContext(per, num_experts, (m,), next_use), opts) for m in range(num_layers)]
+        caps = [0 if m in cpu_layers else per for m in range(num_layers)]
+        parts = [cls(CacheContext(caps[m], num_experts, (m,), next_use), opts) for m in range(num_layers)]
         part_of = list(range(num_layers))
-        caps = [per] * num_layers
     else:
-        parts = [cls(CacheContext(per, num_experts, tuple(range(num_layers)), next_use), opts)]
+        layers = tuple(m for m in range(num_layers) if m not in cpu_layers)
+        parts = [cls(CacheContext(per, num_experts, layers, next_use), opts)]
         part_of = [0] * num_layers
         caps = [per]
-    if total == 0 and not bypass and plan.staging == 0:
+    if total == 0 and not bypass and plan.staging == 0 and gpu_layers:
         raise InputError(src, None, "no GPU memory is left for even one expert after dense weights, KV cache "
                          "and activations")
     return CacheLayout(parts, part_of, caps, total, scope)

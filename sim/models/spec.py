@@ -59,6 +59,9 @@ class ModelSpec:
     tie_embeddings: bool = False
     dtype: str = "bf16"  # precision of dense weights and activations
     expert_dtype: str = "bf16"  # precision experts are stored in
+    # Bits per expert parameter including quantisation metadata (group scales/zeros); 0 = from expert_dtype.
+    # Set by precision policies (e.g. `quantized`): 2-bit weights with fp16 scale+zero per 16 = 4.0 bits.
+    expert_bits: float = 0.0
     expert_bias: bool = False
     reference: str = ""  # where the shapes come from (config.json of the published checkpoint)
 
@@ -73,6 +76,8 @@ class ModelSpec:
                      "attn_params_override"):
             if getattr(self, name) < 0:
                 raise InputError(src, name, f"must be >= 0, got {getattr(self, name)}")
+        if not (isinstance(self.expert_bits, (int, float)) and 0 <= self.expert_bits <= 64):
+            raise InputError(src, "expert_bits", f"must be a number in [0, 64], got {self.expert_bits!r}")
         if self.num_shared_experts and self.shared_d_ff <= 0:
             raise InputError(src, "shared_d_ff", "shared experts present but shared_d_ff is 0")
         if self.top_k > self.num_experts:
@@ -115,7 +120,9 @@ class ModelSpec:
         return p
 
     def expert_bytes(self, dtype: str | None = None) -> int:
-        """Bytes of one routed expert's weights at `dtype` (default: the model's expert dtype)."""
+        """Bytes of one routed expert's weights at `dtype` (default: the model's expert precision)."""
+        if dtype is None and self.expert_bits:
+            return int(round(self.expert_params * self.expert_bits / 8))
         return int(round(self.expert_params * BYTES_PER_PARAM[dtype or self.expert_dtype]))
 
     @property

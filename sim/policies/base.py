@@ -7,6 +7,9 @@ The engine owns time and resources and calls the hooks below. Kinds:
   state on a hit), `insert`, `to_evict` (victim choice, no side effects), `evict`.
 - prefetch (`PrefetchPolicy`): after a layer's routing is known, propose experts to copy ahead.
 - placement (`PlacementPolicy`): where a missing expert is computed: on the GPU after a copy, or on the CPU.
+- precision (`PrecisionPolicy`): the bit-width experts are stored and moved at (and its dequant cost).
+- routing (`RoutingPolicy`): changes which experts serve a token (adaptive k, virtual experts); reports
+  routing fidelity = the gate mass served by the intended experts.
 - system (`SystemPolicy`): a named composition of the kinds above (e.g. `cpu-experts`).
 
 Oracle policies set `reads_future = True`; they get the future through their context.
@@ -23,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from simmoe.errors import InputError
 
-Kind = Literal["cache", "prefetch", "placement", "system"]
+Kind = Literal["cache", "prefetch", "placement", "precision", "routing", "system"]
 
 
 class Options(BaseModel):
@@ -159,8 +162,49 @@ class PlacementPolicy(Policy):
         """Where to compute an expert that missed the GPU cache. `costs` is the engine's cost model."""
         raise NotImplementedError
 
+    def place_layer(self, hits: Sequence[Access], misses: Sequence[Access], costs: Any) -> list[str]:
+        """Where to compute each of a layer's misses, knowing the whole layer (policies with `layer_wise`).
+        `hits` are the layer's experts already on the GPU."""
+        return [self.place(a, costs) for a in misses]
+
+    def cpu_layers(self, num_layers: int) -> frozenset[int]:
+        """MoE layers whose experts always run on the CPU: they get no GPU cache slots."""
+        return frozenset()
+
     # Placements that never use the GPU cache (every routed expert on the CPU) set this.
     bypass_cache: ClassVar[bool] = False
+    # Placements that decide a layer's misses together (place_layer) set this.
+    layer_wise: ClassVar[bool] = False
+
+
+class PrecisionPolicy(Policy):
+    """Sets the precision experts are stored, copied and computed at."""
+
+    kind: ClassVar[Kind] = "precision"
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def apply(self, spec: Any) -> Any:  # pragma: no cover - interface
+        """The ModelSpec with its experts at this precision (e.g. `expert_bits` set)."""
+        raise NotImplementedError
+
+    def dequant_flops_per_param(self) -> float:
+        """Extra GPU/CPU work per expert weight per kernel to dequantise it on the fly."""
+        return 0.0
+
+
+class RoutingPolicy(Policy):
+    """Changes the routing itself before anything is looked up (a different model output: report fidelity)."""
+
+    kind: ClassVar[Kind] = "routing"
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def reroute(self, experts: np.ndarray, gates: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """(new experts [N, L, K] with -1 for dropped slots, routing fidelity in [0, 1])."""
+        raise NotImplementedError  # pragma: no cover - interface
 
 
 @dataclass(frozen=True)
@@ -173,14 +217,19 @@ class PolicySet:
     prefetch_options: Mapping[str, Any] = field(default_factory=dict)
     placement: str | None = None
     placement_options: Mapping[str, Any] = field(default_factory=dict)
+    precision: str | None = None
+    precision_options: Mapping[str, Any] = field(default_factory=dict)
+    routing: str | None = None
+    routing_options: Mapping[str, Any] = field(default_factory=dict)
     system: str | None = None  # the named system this set was expanded from, if any
 
     def describe(self) -> str:
         parts = [f"{self.system}:" if self.system else "", self.cache + _fmt_opts(self.cache_options)]
         if self.prefetch:
             parts.append(f"prefetch={self.prefetch}{_fmt_opts(self.prefetch_options)}")
-        if self.placement:
-            parts.append(f"placement={self.placement}{_fmt_opts(self.placement_options)}")
+        for kind in ("placement", "precision", "routing"):
+            if getattr(self, kind):
+                parts.append(f"{kind}={getattr(self, kind)}{_fmt_opts(getattr(self, kind + '_options'))}")
         return " ".join(p for p in parts if p)
 
 

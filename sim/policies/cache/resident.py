@@ -17,6 +17,8 @@ class Resident(CachePolicy):
 
     def preload(self) -> list[int]:
         e = self.ctx.num_experts
+        if self.ctx.capacity == 0:  # a layer whose experts a placement keeps on the CPU
+            return []
         return [layer * e + x for layer in self.ctx.layers for x in range(e)]
 
     def find(self, key: int, t: int) -> bool:
