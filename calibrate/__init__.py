@@ -8,7 +8,8 @@ functions), `fit` (SciPy fits, no torch), `machine` (machine facts), `profile_wr
 `HwProfile`, write YAML + CSV atomically). This package's `__init__` stays light: `simmoe replay` and the
 simulator import `shape_key` from here without pulling in torch or SciPy.
 
-Validation (`simmoe validate`, a real offloaded executor) lives beside these modules and comes later.
+Validation: `executor` (a real offloaded MoE executor driven by the simulator's own policy objects) and
+`validate` (executor vs simulator on the same trace and configurations, and the report; `simmoe validate`).
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def calibrate(
     """
     from simmoe.calibrate.profile_writer import run_calibration
 
-    return run_calibration(models, device=device, quick=quick, base=base, name=name, threads=threads,
-                           progress=progress)
+    res = run_calibration(models, device=device, quick=quick, base=base, name=name, threads=threads,
+                          progress=progress)
+    return res.profile, res.measurements
 
 
 __all__ = ["TORCH_DTYPES", "calibrate", "compute_dtype", "model_shape_key", "shape_key"]

@@ -24,6 +24,7 @@ Each row has the columns `COLUMNS`; `kind` says what was measured:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -63,8 +64,19 @@ class Settings:
     overlap_bytes: int = 64 * MIB
 
 
-def settings(quick: bool, llc_bytes: int = 0, gpu_l2_bytes: int = 0, memory_bytes: int = 0) -> Settings:
-    """Measurement sizes and repetition counts; quick mode takes seconds on a CPU."""
+def settings(quick: bool, llc_bytes: int = 0, gpu_l2_bytes: int = 0, memory_bytes: int = 0,
+             max_tokens: int | None = None) -> Settings:
+    """Measurement sizes and repetition counts; quick mode takes seconds on a CPU. `max_tokens` caps the
+    expert token sweep (at least 2 points are kept)."""
+    st = _settings(quick, llc_bytes, gpu_l2_bytes, memory_bytes)
+    if max_tokens is not None:
+        if max_tokens < 2:
+            raise ValueError("max_tokens must be >= 2")
+        st = dataclasses.replace(st, tokens=tuple(n for n in st.tokens if n <= max_tokens))
+    return st
+
+
+def _settings(quick: bool, llc_bytes: int, gpu_l2_bytes: int, memory_bytes: int) -> Settings:
     cache = max(llc_bytes, gpu_l2_bytes)
     cap = memory_bytes // 8 if memory_bytes else 4 * GIB
     if quick:
@@ -74,7 +86,7 @@ def settings(quick: bool, llc_bytes: int = 0, gpu_l2_bytes: int = 0, memory_byte
             tokens=(1, 2, 4, 8, 16, 32, 64),
             warmup=1, reps=5, min_reps=3, point_budget_s=0.25, max_call_s=0.5, launch_n=300,
             rotate_bytes=min(max(64 * MIB, 2 * cache), cap), membw_bytes=min(max(64 * MIB, 2 * cache), cap),
-            cpu_gemm_n=1024, gpu_gemm_n=4096, overlap_bytes=16 * MIB,
+            cpu_gemm_n=512, gpu_gemm_n=4096, overlap_bytes=16 * MIB,
         )
     return Settings(
         quick=False,

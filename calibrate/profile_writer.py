@@ -283,7 +283,7 @@ def build_profile(
 
 # ---- running ----------------------------------------------------------------------------------------------
 def run_calibration(
-    models: Sequence[str],
+    models: Sequence[str | ModelSpec],
     *,
     device: str = "cuda",
     quick: bool = False,
@@ -292,6 +292,7 @@ def run_calibration(
     name: str = "calibrated",
     threads: int | None = None,
     progress: bool = True,
+    max_tokens: int | None = None,
 ) -> CalibrationResult:
     """Measure (GPU part when device is cuda, CPU part always), fit, assemble. Needs torch."""
     import torch
@@ -304,7 +305,7 @@ def run_calibration(
         raise InputError("--device", None, f"must be cuda or cpu, got {device!r}")
     if not models:
         raise InputError("--model", None, "no model given")
-    specs = [get_model(m, source="--model") for m in models]
+    specs = [m if isinstance(m, ModelSpec) else get_model(m, source="--model") for m in models]
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", None, "cuda requested but torch sees no GPU (use --device cpu)")
     if device == "cpu" and base is None:
@@ -313,7 +314,7 @@ def run_calibration(
     threads = int(threads or physical_cores())
     st = measure.settings(quick, llc_bytes=last_level_cache_bytes(),
                           gpu_l2_bytes=measure.gpu_l2_bytes() if device == "cuda" else 0,
-                          memory_bytes=int(memory_gib() * 2**30))
+                          memory_bytes=int(memory_gib() * 2**30), max_tokens=max_tokens)
     steps = (measure.plan_gpu(specs, st) if device == "cuda" else []) + measure.plan_cpu(specs, st, threads)
     rows: list[dict[str, Any]] = []
     saved_threads = torch.get_num_threads()

@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PATH.yaml", help="profile to write; the CSV goes beside it")
     p.add_argument("--name", help="profile name (default: the output file's stem)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for CPU timings (default: physical cores)")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="time experts at token counts up to N only (default: up to 64 with --quick, else 2048)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     models = list(dict.fromkeys(args.models or DEFAULT_MODELS))
     for m in models:
         get_model(m, source="--model")
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise InputError("--max-tokens", None, f"must be >= 2, got {args.max_tokens}")
     if args.threads is not None and args.threads < 1:
         raise InputError("--threads", None, f"must be >= 1, got {args.threads}")
     base = load_profile(args.base) if args.base else None
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch
     except ImportError:
-        raise InputError("torch", None, "calibration needs PyTorch: pip install -e '.[torch]'") from None
+        raise InputError("torch", None, "calibration needs PyTorch: install the torch extra: "
+                         "pip install -e '.[torch]'") from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", None, "cuda requested but torch sees no GPU on this machine "
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = run_calibration(models, device=device, quick=args.quick, base=base,
                               base_label=args.base or "", name=args.name or out.stem, threads=args.threads,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, max_tokens=args.max_tokens)
     except FitError as e:
         # The measurements themselves could not be fitted: not bad input, but one clear line all the same.
         import sys

@@ -16,12 +16,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("trace", help="simmoe-trace/1 .npz file")
     p.add_argument("--hw", required=True, help="hardware profile: a built-in name (see `simmoe hw list`) or a YAML path")
     p.add_argument("--policy", default="lru", help="cache policy or named system (see `simmoe policies`); "
-                                                   "module:Class for your own (default: lru)")
+                                                   "module:Class for your own, or a policy YAML file (default: lru)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="option of --policy (repeatable)")
     p.add_argument("--prefetch", help="prefetch policy")
     p.add_argument("--prefetch-opt", action="append", metavar="KEY=VALUE")
     p.add_argument("--placement", help="placement policy (where missed experts are computed)")
     p.add_argument("--placement-opt", action="append", metavar="KEY=VALUE")
+    p.add_argument("--precision", help="precision policy (bit-width experts are stored and moved at)")
+    p.add_argument("--precision-opt", action="append", metavar="KEY=VALUE")
+    p.add_argument("--routing", help="routing-change policy (reports routing fidelity)")
+    p.add_argument("--routing-opt", action="append", metavar="KEY=VALUE")
     p.add_argument("--batch", type=int, default=1, help="concurrent requests in the decode batch (default 1)")
     p.add_argument("--prefill-chunk", type=int, help="prefill rows per step (default: whole prompt)")
     p.add_argument("--host-memory", choices=("pinned", "pageable"), default="pinned",
@@ -31,11 +35,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("fast", "simpy"), default="fast",
                    help="fast recurrence (default) or one SimPy event per kernel (slow reference)")
     p.add_argument("--max-requests", type=int, help="replay only the first N requests")
+    g = p.add_argument_group("serving (arrivals, batching limits, SLOs)")
+    g.add_argument("--arrivals", choices=("closed", "trace", "poisson", "gamma"), default="closed",
+                   help="closed: all requests waiting at t=0 (default); trace: the trace's arrival_s; "
+                        "poisson / gamma: seeded arrivals at --rate")
+    g.add_argument("--rate", type=float, help="requests per second (poisson, gamma)")
+    g.add_argument("--cv", type=float, default=1.0, help="coefficient of variation of gamma gaps (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the arrival draws (default 0)")
+    g.add_argument("--max-batched-tokens", type=int, help="tokens per step (caps prefill chunks)")
+    g.add_argument("--requests", type=int, help="cycle the trace's requests up to N requests (explicit: "
+                                                "repeated requests reuse the original routing)")
+    g.add_argument("--slo-ttft-ms", type=float, help="TTFT SLO per request, for SLO attainment and goodput")
+    g.add_argument("--slo-tpot-ms", type=float, help="TPOT SLO per request (mean over its decode tokens)")
     p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
     p.add_argument("--steps-csv", metavar="OUT", help="write the per-step table as CSV")
     p.add_argument("--timeline", metavar="OUT", help="write a Chrome trace-event JSON (open in Perfetto)")
     p.add_argument("--timeline-steps", default="0:50", metavar="A:B",
                    help="steps recorded in the timeline (default 0:50)")
+    p.add_argument("--plot", metavar="OUT.png", help="write an overview figure (hit rate, latency per step, "
+                                                     "timeline of the first --timeline-steps, GPU memory)")
     p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     p.set_defaults(func=run)
 
@@ -51,28 +69,41 @@ def _window(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def policy_set_from_args(args: argparse.Namespace):
+    """--policy NAME|FILE.yaml with --opt, plus --prefetch/--placement/--precision/--routing and their opts."""
+    from simmoe.policies.config import policy_set
+
+    cli = {"cache": args.policy, "cache_options": parse_kv(args.opt, "--opt")}
+    for kind in ("prefetch", "placement", "precision", "routing"):
+        cli[kind] = getattr(args, kind)
+        cli[f"{kind}_options"] = parse_kv(getattr(args, f"{kind}_opt"), f"--{kind}-opt")
+    return policy_set(cli)
+
+
 def run(args: argparse.Namespace) -> int:
     from simmoe.engine.chrome_trace import write_chrome_trace
     from simmoe.engine.config import ReplayConfig
     from simmoe.engine.replay import Replay
     from simmoe.fileio import atomic_open
     from simmoe.hw.profile import load_profile
-    from simmoe.policies.base import PolicySet
     from simmoe.trace.format import read_trace
 
     for path, flag in ((args.json, "--json"), (args.steps_csv, "--steps-csv"), (args.timeline, "--timeline")):
         check_output(path, flag)
-    pset = PolicySet(
-        cache=args.policy, cache_options=parse_kv(args.opt, "--opt"),
-        prefetch=args.prefetch, prefetch_options=parse_kv(args.prefetch_opt, "--prefetch-opt"),
-        placement=args.placement, placement_options=parse_kv(args.placement_opt, "--placement-opt"),
-    )
+    if args.plot:
+        from simmoe.plots import check_image_path
+
+        check_image_path(args.plot, "--plot")
+    pset = policy_set_from_args(args)
     if args.max_requests is not None and args.max_requests < 1:
         raise InputError("--max-requests", None, "must be >= 1")
     cfg = ReplayConfig(
         batch=args.batch, prefill_chunk=args.prefill_chunk, host_memory=args.host_memory,
         copy_stream=args.copy_stream, engine=args.engine, max_requests=args.max_requests,
-        timeline_steps=_window(args.timeline_steps) if args.timeline else None,
+        arrivals=args.arrivals, rate=args.rate, cv=args.cv, seed=args.seed,
+        max_batched_tokens=args.max_batched_tokens, requests=args.requests,
+        slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
+        timeline_steps=_window(args.timeline_steps) if args.timeline or args.plot else None,
     )
     hw = load_profile(args.hw)
     trace = read_trace(args.trace)
@@ -86,7 +117,12 @@ def run(args: argparse.Namespace) -> int:
     if args.timeline:
         write_chrome_trace(args.timeline, result.events, result.steps,
                            f"simmoe {result.summary['model']} on {result.summary['hw']} "
-                           f"({result.summary['policy']})", result.memory["expert_bytes"], cfg.timeline_steps)
+                           f"({result.summary['policy']})", result.memory["expert_bytes"], cfg.timeline_steps,
+                           memory=result.memory)
+    if args.plot:
+        from simmoe.plots import overview, save
+
+        save(overview(result), args.plot)
     if not args.quiet:
         print(result.format())
     return 0

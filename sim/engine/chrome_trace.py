@@ -1,12 +1,18 @@
 """Chrome trace-event JSON (opens in Perfetto / chrome://tracing): one track per resource.
 
-Complete events ("X") carry ts/dur in microseconds; metadata events ("M") name the process and threads;
-counter events ("C") give cache occupancy and KV-cache bytes per step.
+Format (Trace Event Format, "JSON object" form): {"traceEvents": [...], "displayTimeUnit": "ms"}.
+- Complete events ("ph": "X") for every recorded op, ts/dur in microseconds; one thread (tid) per resource, so
+  ops on an in-order queue never overlap on their track. ts and dur are rounded to the nanosecond such that
+  ts + dur is the rounded end: rounding cannot make neighbours overlap.
+- Metadata events ("ph": "M") name the process and every track (thread_name, thread_sort_index).
+- Counter events ("ph": "C") per step of the window: expert-cache occupancy and GPU memory by part (GiB), the
+  value after the step at its end, and the value before the window at its start.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -17,38 +23,78 @@ TRACKS = {"dispatch": (1, "host dispatch thread"), "gpu": (2, "GPU compute strea
           "h2d": (3, "H2D copy engine"), "d2h": (4, "D2H copy engine"), "cpu": (5, "CPU expert worker"),
           "steps": (6, "steps")}
 PID = 1
+GIB = 2**30
+
+
+def _r(t: float) -> float:
+    return round(float(t), 3)
+
+
+def _memory_args(row, expert_bytes: int, memory: Mapping[str, int] | None) -> dict[str, float]:
+    args = {}
+    if memory is not None:
+        args["dense weights"] = memory["dense"] / GIB
+        args["activations + staging"] = (memory["activations"] + memory["staging"]) / GIB
+    args["kv cache"] = float(row.kv_bytes) / GIB
+    args["expert cache"] = float(row.cache_occupancy) * expert_bytes / GIB
+    return args
 
 
 def trace_events(events, steps: pd.DataFrame, title: str, expert_bytes: int,
-                 window: tuple[int, int] | None = None) -> list[dict]:
-    out: list[dict] = [{"ph": "M", "pid": PID, "tid": 0, "name": "process_name", "args": {"name": title}}]
-    for _key, (tid, label) in TRACKS.items():
-        out.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_name", "args": {"name": label}})
-        out.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
+                 window: tuple[int, int] | None = None, memory: Mapping[str, int] | None = None) -> list[dict]:
+    """The trace-event list. `memory`: Result.memory (adds dense weights and workspace to the memory counter)."""
+    tids = {k: v[0] for k, v in TRACKS.items()}
+    names = {v[0]: v[1] for v in TRACKS.values()}
+    xs: list[dict] = []
     for ev in events:
-        tid = TRACKS.get(ev.track, (9, ev.track))[0]
-        d = {"ph": "X", "pid": PID, "tid": tid, "name": ev.name, "cat": ev.cat, "ts": round(ev.start, 3),
-             "dur": round(max(ev.end - ev.start, 0.0), 3)}
+        if ev.track not in tids:  # a track this writer does not know yet still gets its own named thread
+            tids[ev.track] = max(tids.values()) + 1
+            names[tids[ev.track]] = ev.track
+        ts, end = _r(ev.start), _r(max(ev.end, ev.start))
+        d = {"ph": "X", "pid": PID, "tid": tids[ev.track], "name": ev.name, "cat": ev.cat, "ts": ts,
+             "dur": round(end - ts, 3)}
         if ev.args:
             d["args"] = ev.args
-        out.append(d)
+        xs.append(d)
+    cs: list[dict] = []
     if window is not None:  # steps and counters for the recorded window only
-        win = steps[(steps["step"] >= window[0]) & (steps["step"] < window[1])]
+        in_win = (steps["step"] >= window[0]) & (steps["step"] < window[1])
+        win = steps[in_win]
+        before = steps[steps["step"] < window[0]].tail(1)
+        if len(win) and len(before):
+            row0 = next(before.itertuples(index=False))
+            t0 = _r(win["start_us"].iloc[0])
+            cs.append(_occupancy(t0, row0))
+            cs.append(_mem(t0, row0, expert_bytes, memory))
         for row in win.itertuples(index=False):
-            out.append({"ph": "X", "pid": PID, "tid": TRACKS["steps"][0], "name": f"{row.kind} step {row.step}",
-                        "cat": "step", "ts": round(row.start_us, 3), "dur": round(row.latency_us, 3),
-                        "args": {"tokens": row.tokens, "hits": row.hits, "misses": row.misses}})
-            out.append({"ph": "C", "pid": PID, "name": "cache occupancy (experts)", "ts": round(row.end_us, 3),
-                        "args": {"experts": int(row.cache_occupancy)}})
-            out.append({"ph": "C", "pid": PID, "name": "GPU memory (GiB)", "ts": round(row.end_us, 3),
-                        "args": {"kv cache": row.kv_bytes / 2**30,
-                                 "expert cache": row.cache_occupancy * expert_bytes / 2**30}})
-    return out
+            ts, end = _r(row.start_us), _r(row.end_us)
+            xs.append({"ph": "X", "pid": PID, "tid": tids["steps"], "name": f"{row.kind} step {row.step}",
+                       "cat": "step", "ts": ts, "dur": round(end - ts, 3),
+                       "args": {"tokens": int(row.tokens), "hits": int(row.hits), "misses": int(row.misses)}})
+            cs.append(_occupancy(end, row))
+            cs.append(_mem(end, row, expert_bytes, memory))
+    used = sorted(set(names))  # every known resource is named, used or not, so tracks are stable across runs
+    out: list[dict] = [{"ph": "M", "pid": PID, "tid": 0, "name": "process_name", "args": {"name": title}}]
+    for tid in used:
+        out.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_name", "args": {"name": names[tid]}})
+        out.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": tid}})
+    return out + xs + cs
+
+
+def _occupancy(ts: float, row) -> dict:
+    return {"ph": "C", "pid": PID, "tid": 0, "name": "expert cache occupancy", "cat": "memory", "ts": ts,
+            "args": {"experts": int(row.cache_occupancy)}}
+
+
+def _mem(ts: float, row, expert_bytes: int, memory) -> dict:
+    return {"ph": "C", "pid": PID, "tid": 0, "name": "GPU memory (GiB)", "cat": "memory", "ts": ts,
+            "args": _memory_args(row, expert_bytes, memory)}
 
 
 def write_chrome_trace(path: str | Path, events, steps: pd.DataFrame, title: str, expert_bytes: int,
-                       window: tuple[int, int] | None = None) -> int:
-    evs = trace_events(events, steps, title, expert_bytes, window)
+                       window: tuple[int, int] | None = None, memory: Mapping[str, int] | None = None) -> int:
+    """Write the trace atomically; returns the number of events."""
+    evs = trace_events(events, steps, title, expert_bytes, window, memory)
     with atomic_open(path) as f:
         json.dump({"traceEvents": evs, "displayTimeUnit": "ms"}, f)
     return len(evs)

@@ -16,6 +16,15 @@ class ReplayConfig:
     staging_buffers: int = 2  # expert buffers for policies without a cache (ondemand)
     timeline_steps: tuple[int, int] | None = None  # [start, stop) steps recorded for --timeline
     max_requests: int | None = None  # replay only the first N requests
+    # serving: arrivals and the batch scheduler's limits (closed = every request waiting at t=0)
+    arrivals: Literal["closed", "trace", "poisson", "gamma"] = "closed"
+    rate: float | None = None  # requests per second (poisson, gamma)
+    cv: float = 1.0  # coefficient of variation of gamma inter-arrival gaps
+    seed: int = 0
+    max_batched_tokens: int | None = None  # tokens per step (caps prefill chunks)
+    requests: int | None = None  # cycle the trace's requests up to this many (explicit, reported)
+    slo_ttft_ms: float | None = None  # SLO attainment / goodput thresholds (per request)
+    slo_tpot_ms: float | None = None
 
     def __post_init__(self) -> None:
         from simmoe.errors import InputError
@@ -30,5 +39,19 @@ class ReplayConfig:
             raise InputError("--host-memory", None, "must be pinned or pageable")
         if self.copy_stream not in ("separate", "compute"):
             raise InputError("--copy-stream", None, "must be separate or compute")
+        if self.arrivals not in ("closed", "trace", "poisson", "gamma"):
+            raise InputError("--arrivals", None, "must be closed, trace, poisson or gamma")
+        if self.rate is not None and not self.rate > 0:
+            raise InputError("--rate", None, f"must be > 0 requests/s, got {self.rate}")
+        if not self.cv > 0:
+            raise InputError("--cv", None, f"must be > 0, got {self.cv}")
+        if self.max_batched_tokens is not None and self.max_batched_tokens < self.batch:
+            raise InputError("--max-batched-tokens", None, f"must be >= --batch ({self.batch})")
+        if self.requests is not None and self.requests < 1:
+            raise InputError("--requests", None, "must be >= 1")
+        for name in ("slo_ttft_ms", "slo_tpot_ms"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise InputError(f"--{name.replace('_', '-')}", None, f"must be > 0, got {v}")
         if self.engine not in ("fast", "simpy"):
             raise InputError("--engine", None, "must be fast or simpy")

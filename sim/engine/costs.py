@@ -11,6 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from simmoe.calibrate import compute_dtype
+from simmoe.calibrate import shape_key as _shape_key
 from simmoe.hw.profile import HwProfile, KernelTable
 from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
 
@@ -20,7 +22,7 @@ def shape_key(spec: ModelSpec, dtype: str | None = None) -> str:
     experts: 'q4.5' for 4.5 bits per weight, which no bf16 table answers)."""
     if dtype is None and spec.expert_bits:
         dtype = f"q{spec.expert_bits:g}"
-    return f"{spec.d_model}x{spec.expert_d_ff}x{spec.activation}:{dtype or spec.expert_dtype}"
+    return _shape_key(spec.d_model, spec.expert_d_ff, spec.activation, dtype or spec.expert_dtype)
 
 
 def _table_us(table: KernelTable, tokens: int) -> float:
@@ -47,9 +49,11 @@ class CostModel:
         c = hw.cpu
         self._cpu_flops = c.peak_gflops * 1e9 * c.matmul_efficiency
         self._cpu_bw = c.memory_gbps * 1e9 * c.membw_efficiency
-        key = shape_key(spec)
-        self._gpu_table = hw.kernels.expert_ffn_gpu.get(key)
-        self._cpu_table = hw.kernels.expert_ffn_cpu.get(key)
+        # calibration times experts stored in a format torch lacks (int4, mxfp4, fp8) at bf16: look there too
+        keys = [shape_key(spec)] if spec.expert_bits else [shape_key(spec), shape_key(spec, compute_dtype(spec))]
+        k = hw.kernels
+        self._gpu_table = next((k.expert_ffn_gpu[x] for x in keys if x in k.expert_ffn_gpu), None)
+        self._cpu_table = next((k.expert_ffn_cpu[x] for x in keys if x in k.expert_ffn_cpu), None)
         self.expert_bytes = spec.expert_bytes()
         p = hw.pcie
         self._h2d_gbps = p.h2d_pinned_gbps if pinned else p.h2d_pageable_gbps

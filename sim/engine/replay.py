@@ -21,12 +21,23 @@ from simmoe.engine.config import ReplayConfig
 from simmoe.engine.costs import CostModel
 from simmoe.engine.memory import fixed_plan
 from simmoe.engine.results import Result, StepLog
-from simmoe.engine.schedule import DECODE, PREFILL, RowIndex, Step, static_schedule, step_experts
+from simmoe.engine.schedule import (
+    DECODE,
+    PREFILL,
+    Idle,
+    RowIndex,
+    Step,
+    online_schedule,
+    static_schedule,
+    step_experts,
+)
+from simmoe.engine.serving import arrival_times_s, cycle_trace
 from simmoe.engine.setup import Resolved, build_cache, needs_staging, resolve
 from simmoe.engine.simpy_timeline import SimpyTimeline
 from simmoe.engine.timeline import D2H, H2D, Timeline
+from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile, load_profile
-from simmoe.policies.base import Access, CacheContext, PolicySet, StepView
+from simmoe.policies.base import Access, CacheContext, CachePolicy, PolicySet, StepView
 from simmoe.trace.format import Trace, read_trace
 
 NEVER = np.iinfo(np.int64).max
@@ -87,19 +98,32 @@ class Replay:
             prec = self.r.precision_cls(self.r.precision_opts)
             self.spec = spec = prec.apply(spec)
             dequant = prec.dequant_flops_per_param()
+        if cfg.requests is not None:
+            tr = self.trace = cycle_trace(tr, cfg.requests)
         self.ri = RowIndex(tr.request, tr.phase)
-        self.steps: list[Step] = list(static_schedule(self.ri, cfg.batch, cfg.prefill_chunk))
+        self.online = cfg.arrivals != "closed"
+        self.arrival_us = arrival_times_s(cfg.arrivals, self.ri.ids, tr, cfg.rate, cfg.cv, cfg.seed) * 1e6
+        if self.online:
+            if self.r.reads_future:
+                raise InputError("--arrivals", None, "oracle policies (they read the future) need a closed-loop "
+                                 "replay: with arrivals the step sequence depends on the timing")
+            self.steps = []  # made online, as requests arrive
+            npre = int(self.ri.prefill_len.max())
+            chunk = min(cfg.prefill_chunk or npre, cfg.max_batched_tokens or npre)
+            max_step_tokens = max(cfg.batch, chunk, 1)
+        else:
+            self.steps = list(static_schedule(self.ri, cfg.batch, cfg.prefill_chunk, cfg.max_batched_tokens))
+            max_step_tokens = max(len(s.rows) for s in self.steps)
         self.L = tr.num_layers
         self.E = spec.num_experts
         self.has_null = bool((tr.experts < 0).any())
         max_rows = int((self.ri.stops - self.ri.starts).max())
-        max_step_tokens = max(len(s.rows) for s in self.steps)
         self.costs = CostModel(spec, self.hw, pinned=cfg.host_memory == "pinned", dequant_flops_per_param=dequant)
         staging = cfg.staging_buffers if needs_staging(self.r) else 0
         self.plan = fixed_plan(spec, self.hw, batch=cfg.batch, max_request_rows=max_rows,
                                max_step_tokens=max_step_tokens, staging_buffers=staging, hw_name=self.hw_name)
         self._step_cache: list | None = None
-        next_use = None
+        next_use = keys = None
         if self.r.reads_future:
             self._step_cache = [step_experts(tr.experts, s.rows, self.E, self.has_null) for s in self.steps]
             keys = np.fromiter((m * self.E + e for ex, _ in self._step_cache for m, lay in enumerate(ex)
@@ -109,13 +133,20 @@ class Replay:
         self.placer = self.r.placement_cls(self.r.placement_opts) if self.r.placement_cls else None
         cpu_layers = self.placer.cpu_layers(self.L) if self.placer is not None else frozenset()
         self.layer_on_cpu = [m in cpu_layers for m in range(self.L)]
-        self.cache = build_cache(self.r, self.plan, self.L, self.E, next_use, cpu_layers)
-        ctx = CacheContext(self.cache.total_slots, self.E, tuple(range(self.L)), next_use)
+        self.cache = build_cache(self.r, self.plan, self.L, self.E, next_use, cpu_layers, keys)
+        ctx = CacheContext(self.cache.total_slots, self.E, tuple(range(self.L)), next_use, keys)
+        cls = self.r.cache_cls
+        self._routing_hook = cls.on_routing is not CachePolicy.on_routing
+        self._admit_hook = cls.admit is not CachePolicy.admit
         self.prefetcher = self.r.prefetch_cls(ctx, self.r.prefetch_opts) if self.r.prefetch_cls else None
         self.moe_of = [-1] * spec.num_layers
         for m, li in enumerate(spec.moe_layers):
             self.moe_of[li] = m
         self.st = _State()
+        # per MoE layer: hits, misses, computed on the CPU (int64 arrays, for per-layer hit rates)
+        self.layer_hits = np.zeros(self.L, np.int64)
+        self.layer_misses = np.zeros(self.L, np.int64)
+        self.layer_cpu = np.zeros(self.L, np.int64)
         self._fill = [0] * len(self.cache.parts)  # keys held per partition
         for p, part in enumerate(self.cache.parts):  # preloaded experts (resident, static): no copy counted
             for key in part.preload():
@@ -148,8 +179,13 @@ class Replay:
         if getattr(self, "_progress", False):
             from tqdm import tqdm
 
-            bar = tqdm(total=len(self.steps), unit="step", desc="replay", file=sys.stderr, mininterval=0.5)
-        for i, step in enumerate(self.steps):
+            total = len(self.steps) if not self.online else None
+            bar = tqdm(total=total, unit="step", desc="replay", file=sys.stderr, mininterval=0.5)
+        for step in self._step_source(env):
+            if isinstance(step, Idle):  # nothing has arrived: wait for the next request
+                yield env.timeout(step.until_us - env.now)
+                continue
+            i = step.index
             if bar is not None and i % 256 == 0 and i:
                 bar.update(256)
             t0 = env.now
@@ -165,8 +201,32 @@ class Replay:
                 yield tl.play()
             self.log.add(step, t0, env.now, tl.c, counts0, self.st, self.ri, self.spec)
         if bar is not None:
-            bar.update(len(self.steps) - bar.n)
+            bar.update(self._n_steps - bar.n)
             bar.close()
+
+    def _step_source(self, env: simpy.Environment):
+        """The steps in order: the precomputed closed-loop schedule, or the online scheduler fed with the
+        clock (an Idle item when it must wait; step indices count only steps)."""
+        if not self.online:
+            self._n_steps = len(self.steps)
+            yield from self.steps
+            return
+        cfg = self.cfg
+        gen = online_schedule(self.ri, self.arrival_us, cfg.batch, cfg.prefill_chunk, cfg.max_batched_tokens)
+        next(gen)
+        n = 0
+        while True:
+            try:
+                item = gen.send(env.now)
+            except StopIteration:
+                break
+            if isinstance(item, Idle):
+                yield item
+                continue
+            self.steps.append(item)
+            n += 1
+            yield item
+        self._n_steps = n
 
     # ---- one step ----------------------------------------------------------------------------------------
     def _plan_step(self, step: Step, i: int) -> None:
@@ -204,6 +264,7 @@ class Replay:
         placer = self.placer
         bypass = placer is not None and placer.bypass_cache
         layer_wise = placer is not None and placer.layer_wise
+        routing_hook, admit_hook = self._routing_hook, self._admit_hook
         last_use, ready = st.last_use, st.ready
         staging = self.plan.staging // expert_bytes if self.plan.staging else 0
         if staging and not hasattr(self, "_stage"):
@@ -230,6 +291,9 @@ class Replay:
             base = m * E
             cpu_jobs = []
             layer_bypass = bypass or self.layer_on_cpu[m]
+            h0, m0 = st.hits, st.misses
+            if routing_hook and not layer_bypass:
+                part.on_routing(m, exps, self._gate_scores(step, m, exps))
             where = self._place_layer(part, m, exps, toks) if layer_wise and not layer_bypass else None
             for j, (e, nt) in enumerate(zip(exps, toks)):
                 key = base + e
@@ -255,7 +319,8 @@ class Replay:
                     if on_cpu:
                         cpu_jobs.append((e, nt))
                         continue
-                    if cap:
+                    cached = cap and (not admit_hook or part.admit(key, t))
+                    if cached:
                         slot_free = self._admit(part, cap, p, key, t)
                     else:
                         si = self._stage_i
@@ -264,17 +329,20 @@ class Replay:
                                   name=f"L{li} e{e}" if rec else "")
                     st.copies += 1
                     st.bytes_h2d += expert_bytes
-                    if cap:
+                    if cached:
                         ready[key] = dep
                 each = gpu_each.get(nt)
                 if each is None:
                     each = gpu_each[nt] = costs.expert_gpu_us(nt) / kpe
                 end = tl.kernels(kpe, each, after=dep, name=f"L{li} e{e}" if rec else "", cat="expert")
-                if cap:
+                if hit or cached:
                     last_use[key] = end
                 else:  # the staging buffer is free again once this expert's kernels are done
                     self._stage[self._stage_i] = end
                     self._stage_i = (self._stage_i + 1) % len(self._stage)
+            self.layer_cpu[m] += len(cpu_jobs)
+            self.layer_hits[m] += st.hits - h0
+            self.layer_misses[m] += st.misses - m0
             cpu_done = self._cpu_experts(cpu_jobs, r_end, li) if cpu_jobs else None
             tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine" if rec else "", wait="cpu")
             if self.prefetcher is not None:
@@ -282,6 +350,17 @@ class Replay:
         if ks:
             tl.kernels(ks - (ks // 2 or 1) or 1, extra_each, name="lm_head+sample")
         tl.sync(name="token to host")
+
+    def _gate_scores(self, step: Step, m: int, exps) -> np.ndarray | None:
+        """Mean gate weight of each of the layer's experts over the step's tokens (None without gates)."""
+        g = self.trace.gates
+        if g is None:
+            return None
+        ex = self.trace.experts[step.rows, m].ravel()
+        w = np.nan_to_num(g[step.rows, m].ravel(), nan=0.0)
+        tot = np.zeros(self.E)
+        np.add.at(tot, ex[ex >= 0], w[ex >= 0])
+        return tot[np.asarray(exps, dtype=np.int64)] / len(step.rows)
 
     def _place_layer(self, part, m: int, exps, toks) -> list[str]:
         """Look up all of a layer's experts, then let a layer-wise placement split the misses:

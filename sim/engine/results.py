@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 STEP_COLUMNS = (
     "step", "kind", "tokens", "start_us", "end_us", "latency_us", "hits", "misses", "cpu_experts", "copies",
-    "bytes_h2d", "gpu_busy_us", "h2d_busy_us", "cpu_busy_us", "stall_copy_us", "stall_dispatch_us",
+    "bytes_h2d", "gpu_busy_us", "h2d_busy_us", "d2h_busy_us", "cpu_busy_us", "stall_copy_us", "stall_dispatch_us",
     "stall_cpu_us", "cache_occupancy", "kv_bytes",
 )
 
@@ -50,6 +50,7 @@ class StepLog:
         col["bytes_h2d"].append(st.bytes_h2d - b0)
         col["gpu_busy_us"].append(c.gpu_busy)
         col["h2d_busy_us"].append(c.h2d_busy)
+        col["d2h_busy_us"].append(c.d2h_busy)
         col["cpu_busy_us"].append(c.cpu_busy)
         col["stall_copy_us"].append(c.stall_copy)
         col["stall_dispatch_us"].append(c.stall_dispatch)
@@ -88,6 +89,41 @@ def _is_last_prefill(step, ri) -> bool:
     return row == ri.starts[r] + ri.prefill_len[r] - 1
 
 
+def _serving_metrics(rp: Replay, log: StepLog, makespan_us: float) -> dict[str, Any]:
+    """Per-request latencies from arrival (TTFT, queueing, end to end), SLO attainment and goodput.
+    In a closed-loop replay every request arrives at t=0 and TTFT is counted from admission instead."""
+    cfg = rp.cfg
+    arrival = dict(zip(rp.ri.ids.tolist(), rp.arrival_us.tolist()))
+    done = [r for r in log.first_token if r in log.admit]
+    since = arrival if rp.online else log.admit
+    ttft = np.array([log.first_token[r] - since[r] for r in done])
+    queue = np.array([log.admit[r] - arrival[r] for r in done])
+    e2e = np.array([log.last_token[r] - arrival[r] for r in done])
+    ndec = {int(rid): int(n) for rid, n in zip(rp.ri.ids, rp.ri.stops - rp.ri.starts - rp.ri.prefill_len)}
+    tpot = np.array([(log.last_token[r] - log.first_token[r]) / (ndec[r] - 1) if ndec.get(r, 0) > 1 else 0.0
+                     for r in done])
+    out: dict[str, Any] = {
+        "arrivals": cfg.arrivals,
+        "rate": cfg.rate,
+        "requests_per_s": len(done) / (makespan_us / 1e6) if makespan_us else 0.0,
+        "queue_ms": _pct(queue),
+        "e2e_ms": _pct(e2e),
+        "_ttft_us": ttft,
+    }
+    if cfg.slo_ttft_ms is not None or cfg.slo_tpot_ms is not None:
+        ok = np.ones(len(done), bool)
+        if cfg.slo_ttft_ms is not None:
+            ok &= ttft / 1e3 <= cfg.slo_ttft_ms
+        if cfg.slo_tpot_ms is not None:
+            ok &= tpot / 1e3 <= cfg.slo_tpot_ms
+        good_tokens = sum(ndec[r] for r, g in zip(done, ok) if g)
+        out["slo"] = {"ttft_ms": cfg.slo_ttft_ms, "tpot_ms": cfg.slo_tpot_ms}
+        out["slo_attainment"] = float(ok.mean()) if len(done) else 0.0
+        out["goodput_requests_per_s"] = float(ok.sum()) / (makespan_us / 1e6) if makespan_us else 0.0
+        out["goodput_tokens_per_s"] = good_tokens / (makespan_us / 1e6) if makespan_us else 0.0
+    return out
+
+
 def _pct(values_us) -> dict[str, float | None]:
     a = np.asarray(values_us, dtype=float) / 1e3
     if a.size == 0:
@@ -102,6 +138,7 @@ class Result:
     steps: pd.DataFrame
     events: list = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
+    layers: pd.DataFrame | None = None  # per MoE layer: hits, misses, cpu_experts
 
     @classmethod
     def build(cls, rp: Replay, wall_s: float) -> Result:
@@ -112,7 +149,8 @@ class Result:
         decode_tokens = int(dec["tokens"].sum())
         accesses = st.hits + st.misses
         activations = int((tr.experts >= 0).sum())
-        ttft = [log.first_token[r] - log.admit[r] for r in log.first_token if r in log.admit]
+        serving = _serving_metrics(rp, log, makespan_us)
+        ttft = serving.pop("_ttft_us")
         busy = lambda col: float(df[col].sum()) / makespan_us if makespan_us else 0.0  # noqa: E731
         fast = rp.cfg.engine == "fast"
         plan = rp.plan
@@ -152,6 +190,7 @@ class Result:
             "step_ms": _pct(dec["latency_us"]) if len(dec) else _pct([]),
             "ttft_ms": _pct(ttft),
             "tokens_per_s": decode_tokens / (makespan_us / 1e6) if makespan_us else 0.0,
+            **serving,
             "gpu_busy": busy("gpu_busy_us"),
             "pcie_busy": busy("h2d_busy_us"),
             "cpu_busy": busy("cpu_busy_us"),
@@ -160,7 +199,9 @@ class Result:
             "gpu_mem_usable_bytes": plan.usable,
             "wall_s": wall_s,
         }
-        return cls(summary, df, list(getattr(rp.tl, "events", [])), plan.as_dict())
+        layers = pd.DataFrame({"layer": np.arange(rp.L), "hits": rp.layer_hits, "misses": rp.layer_misses,
+                               "cpu_experts": rp.layer_cpu})
+        return cls(summary, df, list(getattr(rp.tl, "events", [])), plan.as_dict(), layers)
 
     def to_json(self) -> str:
         return json.dumps(_clean(self.summary), indent=2, sort_keys=False)
@@ -190,6 +231,16 @@ class Result:
             "  latency (ms)      mean       p50       p90       p99",
             f"  TPOT        {ms(t['mean']):>9} {ms(t['p50']):>9} {ms(t['p90']):>9} {ms(t['p99']):>9}",
             f"  TTFT        {ms(f['mean']):>9} {ms(f['p50']):>9} {ms(f['p90']):>9} {ms(f['p99']):>9}",
+            "",
+            *([f"  queueing    {ms(s['queue_ms']['mean']):>9} {ms(s['queue_ms']['p50']):>9} "
+               f"{ms(s['queue_ms']['p90']):>9} {ms(s['queue_ms']['p99']):>9}",
+               f"  E2E         {ms(s['e2e_ms']['mean']):>9} {ms(s['e2e_ms']['p50']):>9} "
+               f"{ms(s['e2e_ms']['p90']):>9} {ms(s['e2e_ms']['p99']):>9}",
+               f"  arrivals {s['arrivals']}" + (f" at {s['rate']:g} req/s" if s["rate"] else "")
+               + f"   completed {s['requests_per_s']:,.3f} req/s"] if s["arrivals"] != "closed" else []),
+            *([f"  SLO attainment {100 * s['slo_attainment']:.1f}%   goodput "
+               f"{s['goodput_requests_per_s']:,.3f} req/s ({s['goodput_tokens_per_s']:,.1f} tok/s)"]
+              if "slo_attainment" in s else []),
             "",
             f"  throughput {s['tokens_per_s']:,.2f} tok/s   simulated time {s['makespan_s']:,.3f} s",
             f"  busy: GPU {100 * s['gpu_busy']:.1f}%   PCIe H2D {100 * s['pcie_busy']:.1f}%   "

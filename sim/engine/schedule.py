@@ -11,7 +11,7 @@ Replay semantics (kept exact, tests depend on them):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,32 +50,54 @@ class RowIndex:
         self.position = pos - owner_start  # 0-based position of each row within its request
 
 
-def static_schedule(ri: RowIndex, batch: int = 1, prefill_chunk: int | None = None) -> Iterator[Step]:
-    """Closed-loop continuous batching: all requests are waiting at t=0 and are admitted in id order."""
+@dataclass(frozen=True)
+class Idle:
+    """Nothing can run until `until_us` (the next arrival)."""
+
+    until_us: float
+
+
+def online_schedule(ri: RowIndex, arrival_us: np.ndarray, batch: int = 1, prefill_chunk: int | None = None,
+                    max_batched_tokens: int | None = None) -> Generator[Step | Idle | None, float, None]:
+    """Continuous batching with arrivals. A generator driven by `send(now_us)`: it answers the next Step
+    (admitting, at step boundaries, requests that have arrived, first come first served, while fewer than
+    `batch` run), or Idle when nothing has arrived yet. Prime it with next().
+
+    A newly admitted request runs its prefill first (whole, or in chunks of `prefill_chunk` rows, capped at
+    `max_batched_tokens`), then joins the decode batch. `arrival_us` is per request in `ri` order.
+    """
     if batch < 1:
         raise ValueError("batch must be >= 1")
-    pending = list(range(len(ri.ids)))[::-1]  # stack; pop() takes the lowest id
-    running: list[list[int]] = []  # [request idx, next row, stop]
+    if max_batched_tokens is not None and max_batched_tokens < batch:
+        raise ValueError("max_batched_tokens must be >= batch")
+    order = np.lexsort((np.arange(len(ri.ids)), arrival_us))  # by arrival, ties by id
+    pending = order.tolist()[::-1]  # stack; pop() takes the earliest
+    running: list[list[int]] = []  # [request idx, next row, stop, just admitted]
     k = 0
+    now = yield None
     while pending or running:
-        while pending and len(running) < batch:
+        while pending and len(running) < batch and arrival_us[pending[-1]] <= now:
             r = pending.pop()
             start, stop, npre = int(ri.starts[r]), int(ri.stops[r]), int(ri.prefill_len[r])
             rid = int(ri.ids[r])
             cur = start
             chunk = prefill_chunk or max(npre, 1)
+            if max_batched_tokens is not None:
+                chunk = min(chunk, max_batched_tokens)
             first = True
             while cur < start + npre:
                 end = min(cur + chunk, start + npre)
                 fin = (rid,) if end == stop else ()
-                yield Step(k, PREFILL, np.arange(cur, end), (rid,) * (end - cur),
-                           admitted=(rid,) if first else (), finished=fin)
+                now = yield Step(k, PREFILL, np.arange(cur, end), (rid,) * (end - cur),
+                                 admitted=(rid,) if first else (), finished=fin)
                 k += 1
                 first = False
                 cur = end
             if cur < stop:
                 running.append([r, cur, stop, 1 if first else 0])
         if not running:
+            if pending and arrival_us[pending[-1]] > now:
+                now = yield Idle(float(arrival_us[pending[-1]]))
             continue
         rows = np.fromiter((s[1] for s in running), dtype=np.int64, count=len(running))
         reqs = tuple(int(ri.ids[s[0]]) for s in running)
@@ -85,8 +107,20 @@ def static_schedule(ri: RowIndex, batch: int = 1, prefill_chunk: int | None = No
             s[3] = 0
         finished = tuple(int(ri.ids[s[0]]) for s in running if s[1] >= s[2])
         running = [s for s in running if s[1] < s[2]]
-        yield Step(k, DECODE, rows, reqs, admitted=admitted, finished=finished)
+        now = yield Step(k, DECODE, rows, reqs, admitted=admitted, finished=finished)
         k += 1
+
+
+def static_schedule(ri: RowIndex, batch: int = 1, prefill_chunk: int | None = None,
+                    max_batched_tokens: int | None = None) -> Iterator[Step]:
+    """Closed-loop continuous batching: all requests are waiting at t=0 and are admitted in id order."""
+    gen = online_schedule(ri, np.zeros(len(ri.ids)), batch, prefill_chunk, max_batched_tokens)
+    next(gen)
+    while True:
+        try:
+            yield gen.send(0.0)  # type: ignore[misc]
+        except StopIteration:
+            return
 
 
 def step_experts(experts: np.ndarray, rows: np.ndarray, num_experts: int,

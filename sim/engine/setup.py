@@ -40,8 +40,10 @@ class Resolved:
 
     @property
     def reads_future(self) -> bool:
-        return any(c is not None and c.reads_future for c in (self.cache_cls, self.prefetch_cls, self.placement_cls,
-                                                              self.precision_cls, self.routing_cls))
+        pairs = ((self.cache_cls, self.cache_opts), (self.prefetch_cls, self.prefetch_opts),
+                 (self.placement_cls, self.placement_opts), (self.precision_cls, self.precision_opts),
+                 (self.routing_cls, self.routing_opts))
+        return any(c is not None and c.reads_future_for(o) for c, o in pairs)
 
 
 def resolve(pset: PolicySet) -> Resolved:
@@ -72,8 +74,8 @@ def needs_staging(r: Resolved) -> bool:
     """Misses of a zero-size cache are copied into staging buffers, which take GPU memory too."""
     if r.placement_cls is not None and r.placement_cls.bypass_cache:
         return False
-    if r.cache_cls.fixed_capacity == "none":
-        return True
+    if r.cache_cls.fixed_capacity == "none" or r.cache_cls.admit is not CachePolicy.admit:
+        return True  # no cache, or a cache that may decline to keep a miss
     o = r.cache_opts
     return isinstance(o, CacheOptions) and (o.slots_per_layer == 0 or o.cache_gb == 0)
 
@@ -90,7 +92,8 @@ class CacheLayout:
 
 
 def build_cache(r: Resolved, plan: MemoryPlan, num_layers: int, num_experts: int,
-                next_use: np.ndarray | None, cpu_layers: frozenset[int] = frozenset()) -> CacheLayout:
+                next_use: np.ndarray | None, cpu_layers: frozenset[int] = frozenset(),
+                access_keys: np.ndarray | None = None) -> CacheLayout:
     """Size and build the cache partitions. Layers in `cpu_layers` (placement keeps their experts on the
     CPU) get no slots; the GPU room goes to the other layers."""
     cls, opts = r.cache_cls, r.cache_opts
@@ -130,11 +133,12 @@ def build_cache(r: Resolved, plan: MemoryPlan, num_layers: int, num_experts: int
     plan.cache_slots = total
     if scope == "layer":
         caps = [0 if m in cpu_layers else per for m in range(num_layers)]
-        parts = [cls(CacheContext(caps[m], num_experts, (m,), next_use), opts) for m in range(num_layers)]
+        parts = [cls(CacheContext(caps[m], num_experts, (m,), next_use, access_keys), opts)
+                 for m in range(num_layers)]
         part_of = list(range(num_layers))
     else:
         layers = tuple(m for m in range(num_layers) if m not in cpu_layers)
-        parts = [cls(CacheContext(per, num_experts, layers, next_use), opts)]
+        parts = [cls(CacheContext(per, num_experts, layers, next_use, access_keys), opts)]
         part_of = [0] * num_layers
         caps = [per]
     if total == 0 and not bypass and plan.staging == 0 and gpu_layers:

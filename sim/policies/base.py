@@ -59,6 +59,11 @@ class Policy:
     reads_future: ClassVar[bool] = False
     Options: ClassVar[type[Options]] = Options
 
+    @classmethod
+    def reads_future_for(cls, options: Options) -> bool:
+        """Whether this policy reads the future with these options (some do only in one mode)."""
+        return cls.reads_future
+
 
 @dataclass(frozen=True)
 class CacheContext:
@@ -69,6 +74,7 @@ class CacheContext:
     num_experts: int
     layers: tuple[int, ...]  # MoE-layer indices (0-based, trace order) this partition serves
     next_use: np.ndarray | None = None
+    access_keys: np.ndarray | None = None  # oracles only: the key of every access t, in order
 
 
 class CachePolicy(Policy):
@@ -107,6 +113,15 @@ class CachePolicy(Policy):
 
     def keys(self) -> Sequence[int]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def on_routing(self, layer: int, experts: Sequence[int], scores: Sequence[float] | None) -> None:
+        """Called once per MoE-layer step before its look-ups: the experts routed (first-appearance order) and
+        their mean gate weight over the step's tokens (None when the trace has no gates). Default: ignored
+        (the engine skips the call for policies that do not override it)."""
+
+    def admit(self, key: int, t: int) -> bool:
+        """Whether a missed key is cached; False = it is used from a staging buffer and not kept."""
+        return True
 
     def preload(self) -> Sequence[int]:
         """Keys resident before the first access (loaded at start-up, no copy counted). Default: cold."""

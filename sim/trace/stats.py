@@ -173,7 +173,8 @@ def popularity(counts: np.ndarray) -> dict[str, Any]:
 
 def temporal_reuse(trace: Trace) -> dict[str, Any]:
     """Fraction of a token's experts (same layer) that the previous token of the same request also used,
-    over all tokens that have a previous token; `uniform` = K / E, what independent uniform routing gives."""
+    over all tokens that have a previous token; `uniform` = K / E, what independent uniform routing gives.
+    `reuse_same_slot`: of those reused experts, the fraction sitting in the same slot as before."""
     ex, req = trace.experts, trace.request
     n, L, K = ex.shape
     E = trace.num_experts
@@ -182,6 +183,7 @@ def temporal_reuse(trace: Trace) -> dict[str, Any]:
     total = 0
     per_layer = np.zeros(L, np.int64)
     per_layer_tot = np.zeros(L, np.int64)
+    same_slot = 0
     step = max(1, _BLOCK_ELEMS // (L * K * K))
     for s in range(0, same.size, step):
         rows = same[s:s + step]
@@ -190,9 +192,12 @@ def temporal_reuse(trace: Trace) -> dict[str, Any]:
         hit = (cur[:, :, :, None] == prev[:, :, None, :]).any(axis=3) & valid
         per_layer += hit.sum(axis=(0, 2))
         per_layer_tot += valid.sum(axis=(0, 2))
+        same_slot += int(((cur == prev) & valid).sum())
     overlap, total = int(per_layer.sum()), int(per_layer_tot.sum())
     return {
         "reuse": overlap / total if total else float("nan"),
+        # of the reused experts, the fraction in the same slot as in the previous token (slot order churn)
+        "reuse_same_slot": same_slot / overlap if overlap else float("nan"),
         "reuse_uniform": K / E,
         "per_layer_reuse": [float(a / b) if b else float("nan") for a, b in zip(per_layer, per_layer_tot, strict=True)],
     }
@@ -335,7 +340,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"{_pct(s['top_eighth_share'])} of activations per layer (uniform {_pct(s['top_eighth_share_uniform'])});"
         f" normalised entropy {s['entropy']:.3f}",
         f"reuse      {_pct(s['reuse'])} of a token's experts were used by the previous token at that layer "
-        f"(uniform {_pct(s['reuse_uniform'])})",
+        f"(uniform {_pct(s['reuse_uniform'])}); {_pct(s.get('reuse_same_slot'))} of them in the same slot",
         "LRU        per-layer cache, cold start: "
         + "  ".join(f"{_pct(c['fraction'])} ({c['capacity']} slots) {_pct(c['hit_rate'])}" for c in s["lru"]),
         f"next layer successor table recalls {_pct(s['successor_recall'])} of the next layer's experts "
