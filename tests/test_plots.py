@@ -148,7 +148,9 @@ def test_overview(lru, cpu, tmp_path):
     plots.save(fig, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = plots.overview(cpu)
-    assert [ln.get_label() for ln in fig.axes[0].get_lines()][:2] == ["GPU cache hits", "computed on CPU"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert {"GPU cache hits", "computed on CPU"} <= set(legend)  # per-layer bars, CPU share stacked on top
+    assert fig.axes[0].get_xlabel() == "MoE layer" and len(fig.axes[0].patches) == 2 * len(cpu.layers)
 
 
 def test_replay_plot_cli(simmoe_cli, trace, tmp_path):

@@ -208,3 +208,14 @@ def test_policy_yaml_typo_is_a_clean_error(simmoe_cli, tmp_path):
     res = simmoe_cli("replay", REPO / "traces/mixtral-8x7b-synth.npz", "--hw", HW, "--precision", "quantized",
                      "--precision-opt", "bits=7")
     assert_clean_error(res, "quantized", "bits")
+
+
+def test_monde_pins_the_hot_set_and_computes_the_rest_near_memory(tmp_path):
+    from simmoe.trace.format import write_trace
+
+    prof = random_trace(200, 4, 16, 2, seed=11)
+    write_trace(prof, tmp_path / "profile.npz")
+    tr = random_trace(100, 4, 16, 2, seed=12)
+    s = run(tr, PolicySet("monde", {"profile": str(tmp_path / "profile.npz"), "slots_per_layer": 4}))
+    assert s["copies"] == 0 and s["cpu_experts"] == s["misses"] > 0 and s["hits"] > 0
+    assert s["cache_slots"] == 16  # the hot set, preloaded: 4 per layer

@@ -18,6 +18,9 @@ COMMAND_MODULES = [
     "simmoe.cli.policies_cmd",
     "simmoe.cli.bench_cmd",
     "simmoe.cli.calibrate_cmd",
+    "simmoe.cli.validate_cmd",
+    "simmoe.cli.sweep_cmd",
+    "simmoe.cli.plan_cmd",
 ]
 
 

@@ -231,7 +231,6 @@ class Result:
             "  latency (ms)      mean       p50       p90       p99",
             f"  TPOT        {ms(t['mean']):>9} {ms(t['p50']):>9} {ms(t['p90']):>9} {ms(t['p99']):>9}",
             f"  TTFT        {ms(f['mean']):>9} {ms(f['p50']):>9} {ms(f['p90']):>9} {ms(f['p99']):>9}",
-            "",
             *([f"  queueing    {ms(s['queue_ms']['mean']):>9} {ms(s['queue_ms']['p50']):>9} "
                f"{ms(s['queue_ms']['p90']):>9} {ms(s['queue_ms']['p99']):>9}",
                f"  E2E         {ms(s['e2e_ms']['mean']):>9} {ms(s['e2e_ms']['p50']):>9} "

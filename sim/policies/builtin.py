@@ -15,6 +15,7 @@ from simmoe.policies.placement.cpu_experts import AllOnCpu, CpuExperts
 from simmoe.policies.placement.fiddler import Fiddler
 from simmoe.policies.placement.hybrid_split import HybridSplit, HybriMoE
 from simmoe.policies.placement.n_cpu_moe import NCpuMoe
+from simmoe.policies.placement.near_memory import MoNDE, NearMemory
 from simmoe.policies.precision.quantized import Quantized
 from simmoe.policies.prefetch.next_layer import NextLayerPrefetch
 from simmoe.policies.prefetch.oracle import OraclePrefetch
@@ -26,4 +27,4 @@ from simmoe.policies.routing.adaptive_k import AdaptiveK
 POLICIES = (LRU, OnDemand, Resident, LFU, Belady, StaticPopular, MRS, ARC, AllOnCpu, CpuExperts)
 # prefetch and placement (engine-side kinds)
 POLICIES += (OraclePrefetch, NextLayerPrefetch, StridePrefetch, SuccessorPrefetch, PregatedPrefetch,
-             PregatedSystem, Fiddler, NCpuMoe, HybridSplit, HybriMoE, Quantized, AdaptiveK)
+             PregatedSystem, Fiddler, NCpuMoe, HybridSplit, HybriMoE, NearMemory, MoNDE, Quantized, AdaptiveK)
