@@ -138,7 +138,7 @@ class HwProfile(_Strict):
     source: Literal["datasheet", "calibrated"]
     references: list[str] = []
     price_usd_per_hour: NonNeg | None = None
-    price_source: str = ""
+    price_source: str = Field("", validate_default=True)  # where the price comes from (list price, date)
     gpu: GpuSpec
     host: HostSpec = HostSpec()
     pcie: PcieSpec
@@ -146,6 +146,14 @@ class HwProfile(_Strict):
     nvme: NvmeSpec | None = None
     kernels: KernelTables = KernelTables()
     calibration: CalibrationInfo | None = Field(None, validate_default=True)
+
+    @field_validator("price_source")
+    @classmethod
+    def _price_needs_source(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("price_usd_per_hour") is not None and not v.strip():
+            raise ValueError("a price_usd_per_hour needs a price_source saying where it comes from "
+                             "(a cloud list price and its date, or an amortised purchase estimate)")
+        return v
 
     @field_validator("calibration")
     @classmethod

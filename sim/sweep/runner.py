@@ -1,0 +1,161 @@
+"""Running a sweep: each configuration is one replay, on a local process pool or on Ray.
+
+Workers return flat records (parameters + status + flattened summary); only the calling process writes the
+store, so that a sweep is resumable whatever the backend. A configuration whose values are bad (InputError:
+a cache that does not fit, batch 0, a bad option value) is recorded with its error and the sweep goes on;
+an unexpected exception is recorded as status "crash" with its type and message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from simmoe.errors import InputError
+from simmoe.sweep.spec import POLICY_KINDS, Config, config_fields, param_names
+from simmoe.sweep.store import ResultStore, flatten
+
+
+@lru_cache(maxsize=8)
+def _trace(path: str):
+    from simmoe.trace.format import read_trace
+
+    return read_trace(path)  # replay never mutates the trace it is given (max_requests selects a copy)
+
+
+def _options(resolved: dict[str, Any], kind: str) -> dict[str, Any]:
+    prefix = f"{kind}_options."
+    return {k[len(prefix):]: v for k, v in resolved.items() if k.startswith(prefix)}
+
+
+def run_one(resolved: dict[str, Any]) -> dict[str, Any]:
+    """Replays one configuration; returns status, error, run_s and the flattened summary."""
+    from simmoe.engine.replay import replay
+    from simmoe.policies.config import policy_set
+
+    t0 = time.perf_counter()
+    try:
+        cli: dict[str, Any] = {"cache": resolved.get("policy") or "lru", "cache_options": _options(resolved, "policy")}
+        for kind in POLICY_KINDS[1:]:
+            cli[kind] = resolved.get(kind)
+            cli[f"{kind}_options"] = _options(resolved, kind)
+        pset = policy_set(cli)
+        fields = set(config_fields())
+        cfg = {k: v for k, v in resolved.items() if k in fields}
+        res = replay(_trace(str(resolved["trace"])), str(resolved["hw"]), pset, None, **cfg)
+        out = {"status": "ok", "error": "", **flatten(res.summary, reserved=param_names())}
+    except InputError as e:
+        out = {"status": "error", "error": e.line()}
+    except Exception as e:  # a simulator bug must not lose the rest of the sweep; recorded, retried on resume
+        last = traceback.extract_tb(e.__traceback__)[-1]
+        out = {"status": "crash",
+               "error": f"{type(e).__name__}: {e} ({Path(last.filename).name}:{last.lineno})"}
+    out["run_s"] = time.perf_counter() - t0
+    return out
+
+
+def _record(cfg: Config, result: dict[str, Any]) -> dict[str, Any]:
+    return {**cfg.params, "key": cfg.key, **result}
+
+
+@dataclass
+class SweepReport:
+    total: int  # configurations in the spec
+    skipped: int  # already done (resume)
+    ran: int
+    ok: int
+    errors: int  # bad values, recorded (InputError)
+    crashes: int  # unexpected exceptions, recorded
+    wall_s: float
+    results: pd.DataFrame
+
+
+def _local(todo: list[Config], workers: int) -> Iterator[tuple[Config, dict[str, Any]]]:
+    if workers <= 1:  # in-process: no pool start-up, and tracebacks stay readable under a debugger
+        for cfg in todo:
+            yield cfg, run_one(cfg.resolved)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: the parent may hold threads (tqdm's monitor, BLAS) that fork would copy in a broken state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, cfg.resolved): cfg for cfg in todo}
+        try:
+            for fut in as_completed(futures):
+                yield futures[fut], fut.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _ray(todo: list[Config], workers: int | None, address: str | None) -> Iterator[tuple[Config, dict[str, Any]]]:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--backend", "ray", "ray is not installed (pip install 'simmoe[ray]')") from None
+    started = not ray.is_initialized()
+    if started:
+        kw: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
+        if address is None and workers:
+            kw["num_cpus"] = workers
+        try:
+            ray.init(**kw)
+        except ConnectionError as e:
+            raise InputError("--address", address, f"cannot connect to the Ray cluster ({e})") from None
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(run_one)
+        pending = {remote.remote(cfg.resolved): cfg for cfg in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None, backend: str = "local",
+              address: str | None = None, progress: bool | None = None,
+              on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepReport:
+    """Runs the configurations not yet in `out`, appending each record as it finishes; writes the table.
+
+    progress: None shows a tqdm bar when stderr is a terminal."""
+    from tqdm import tqdm
+
+    if backend not in ("local", "ray"):
+        raise InputError("--backend", backend, "must be local or ray")
+    if workers is not None and workers < 1:
+        raise InputError("--workers", str(workers), "must be >= 1")
+    t0 = time.perf_counter()
+    store = ResultStore(out)
+    done = store.done_keys()
+    todo = [c for c in configs if c.key not in done]
+    workers = workers or os.cpu_count() or 1
+    counts = {"ok": 0, "error": 0, "crash": 0}
+    gen = _local(todo, min(workers, max(1, len(todo)))) if backend == "local" else _ray(todo, workers, address)
+    try:
+        with tqdm(total=len(todo), unit="cfg", disable=(None if progress is None else not progress),
+                  desc="sweep") as bar:
+            for cfg, result in gen:
+                rec = _record(cfg, result)
+                store.add(rec)
+                counts[rec["status"]] += 1
+                if on_record:
+                    on_record(rec)
+                bar.update(1)
+    finally:
+        store.close()
+    order = [c.key for c in configs]
+    cols = list(dict.fromkeys(k for c in configs for k in c.params))
+    df = store.finish(order, cols)
+    return SweepReport(len(configs), len(configs) - len(todo), len(todo), counts["ok"], counts["error"],
+                       counts["crash"], time.perf_counter() - t0, df)

@@ -1,0 +1,269 @@
+"""Sweep specifications: a YAML file naming trace(s) and a grid and/or explicit list of configurations.
+
+    trace: [traces/a.npz, traces/b.npz]   # one path or a list (an outer grid axis)
+    base:                                  # values every configuration shares
+      max_requests: 4
+    grid:                                  # cartesian product of these lists
+      hw: [rtx3090, rtx4090]
+      policy_options.slots_per_layer: [4, 8, 16]
+    cases:                                 # explicit configurations, each crossed with the grid
+      - {policy: lru}
+      - {policy: lfu, batch: 4}
+
+A configuration is a flat mapping of parameters: `trace`, `hw`, `policy` (cache policy, named system or
+policy YAML; default lru), `prefetch` / `placement` / `precision` / `routing`, their options as
+`KIND_options.NAME` (a whole `KIND_options: {...}` mapping is accepted and flattened), and any ReplayConfig
+field (batch, prefill_chunk, max_requests, ...; new fields work as soon as ReplayConfig has them). `base`
+values are overridden by grid and case values; a case may not set a parameter the grid sweeps. Relative
+paths (trace, hw and policy files) are relative to the spec file's folder.
+
+Names are checked when the spec is loaded (unknown keys, parameters, policies, options, profiles, missing
+traces: one error naming the file and key). Values are checked when a configuration runs, and a bad one is
+recorded in the results rather than stopping the sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from simmoe.errors import InputError
+
+POLICY_KINDS = ("policy", "prefetch", "placement", "precision", "routing")
+OPTION_GROUPS = tuple(f"{k}_options" for k in POLICY_KINDS)
+EXCLUDED_CONFIG_FIELDS = frozenset({"timeline_steps"})  # recording a timeline is not a sweep parameter
+
+
+def config_fields() -> list[str]:
+    """ReplayConfig fields a sweep may set (read at call time so that new fields are picked up)."""
+    from simmoe.engine.config import ReplayConfig
+
+    return [f.name for f in dataclasses.fields(ReplayConfig) if f.name not in EXCLUDED_CONFIG_FIELDS]
+
+
+def param_names() -> list[str]:
+    """Scalar parameter names, in column order (options are `KIND_options.NAME` on top of these)."""
+    return ["trace", "hw", *POLICY_KINDS, *config_fields()]
+
+
+def _hint(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration: `params` as written (columns and hash), `resolved` with paths made absolute."""
+
+    params: dict[str, Any]
+    resolved: dict[str, Any]
+    key: str = field(compare=False)
+
+
+class _SpecFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trace: str | list[str] | None = None
+    base: dict[str, Any] = {}
+    grid: dict[str, list[Any]] = {}
+    cases: list[dict[str, Any]] = []
+
+
+def _check_key(key: str, source: str, where: str) -> None:
+    group, dot, opt = key.partition(".")
+    if key in param_names() or key in OPTION_GROUPS or (group in OPTION_GROUPS and opt):
+        return
+    valid = param_names() + [f"{g}.NAME" for g in OPTION_GROUPS]
+    raise InputError(source, f"{where}.{key}", f"unknown parameter; {_hint(key, valid)}valid: {', '.join(valid)}")
+
+
+def _flatten(raw: dict[str, Any], source: str, where: str) -> dict[str, Any]:
+    """Checks parameter names and flattens KIND_options mappings into KIND_options.NAME keys."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key)
+        _check_key(key, source, where)
+        if key in OPTION_GROUPS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise InputError(source, f"{where}.{key}", "must be a mapping of option: value")
+            for k, v in value.items():
+                out[f"{key}.{k}"] = v
+        else:
+            out[key] = value
+    return out
+
+
+def _is_path(value: str) -> bool:
+    return value.endswith((".yaml", ".yml", ".npz")) or "/" in value
+
+
+def _resolve_path(value: Any, folder: Path) -> Any:
+    if isinstance(value, str) and _is_path(value) and not Path(value).is_absolute():
+        return str(folder / value)
+    return value
+
+
+@cache
+def _digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def config_key(params: dict[str, Any], resolved: dict[str, Any]) -> str:
+    """Stable hash of a configuration: its parameters plus the contents of its trace and profile files
+    (so that a regenerated trace or an edited profile is not mistaken for a done configuration)."""
+    from simmoe.hw.profile import resolve_profile_path
+
+    material = {
+        "params": params,
+        "trace_sha": _digest(str(resolved["trace"])),
+        "hw_sha": _digest(str(resolve_profile_path(resolved["hw"]))),
+    }
+    text = json.dumps(material, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _check_names(params: dict[str, Any], resolved: dict[str, Any], source: str, where: str) -> None:
+    """Fail fast on names: a trace that is missing, an unknown profile, policy or option."""
+    from simmoe.hw.profile import resolve_profile_path
+    from simmoe.policies.config import is_policy_file, load_policy_file
+    from simmoe.policies.registry import get_policy
+
+    for req in ("trace", "hw"):
+        if params.get(req) is None:
+            raise InputError(source, f"{where}.{req}" if where else req, "missing (set it in base, grid or cases)")
+    if not Path(resolved["trace"]).is_file():
+        raise InputError(source, "trace", f"trace file not found: {params['trace']}")
+    try:
+        resolve_profile_path(resolved["hw"])
+    except InputError as e:
+        raise InputError(source, "hw", e.line()) from None
+    for kind in POLICY_KINDS:
+        name = resolved.get(kind)
+        if name is None:
+            continue
+        if not isinstance(name, str):
+            raise InputError(source, kind, f"must be a policy name, got {name!r}")
+        if kind == "policy" and is_policy_file(name):
+            load_policy_file(name)
+            continue
+        cls = get_policy(name, "cache" if kind == "policy" else kind, source=f"{source}: {kind}")
+        valid = sorted(cls.Options.model_fields)
+        for k in params:
+            group, _, opt = k.partition(".")
+            if group == f"{kind}_options" and opt not in valid:
+                raise InputError(source, k, f"unknown option of {name!r}; {_hint(opt, valid)}"
+                                            f"valid: {', '.join(valid) or '(none)'}")
+    for k in params:
+        group = k.partition(".")[0]
+        if group in OPTION_GROUPS and resolved.get(group.removesuffix("_options")) is None:
+            raise InputError(source, k, f"options given but no {group.removesuffix('_options')} policy")
+
+
+def _order(params: dict[str, Any]) -> dict[str, Any]:
+    names = param_names()
+    rank = {n: i for i, n in enumerate(names)}
+    return dict(sorted(params.items(), key=lambda kv: (rank.get(kv[0].partition(".")[0].removesuffix("_options"),
+                                                                len(names)), kv[0])))
+
+
+@dataclass
+class SweepSpec:
+    source: str
+    configs: list[Config]
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+
+def build_configs(rows: list[dict[str, Any]], folder: Path, source: str) -> list[Config]:
+    """Configurations from flat parameter mappings (checked names, resolved paths, keys)."""
+    out: list[Config] = []
+    seen: set[str] = set()
+    for params in rows:
+        params = _order({"policy": "lru", **params})
+        resolved = {k: (_resolve_path(v, folder) if k in ("trace", "hw", "policy") else v)
+                    for k, v in params.items()}
+        _check_names(params, resolved, source, "")
+        key = config_key(params, resolved)
+        if key in seen:  # the same configuration listed twice runs once
+            continue
+        seen.add(key)
+        out.append(Config(params, resolved, key))
+    return out
+
+
+def expand(data: object, source: str, folder: Path) -> SweepSpec:
+    """Configurations from a parsed spec mapping."""
+    if not isinstance(data, dict):
+        raise InputError(source, None, "a sweep spec must be a YAML mapping (trace, base, grid, cases)")
+    try:
+        spec = _SpecFile.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or None
+        if err["type"] == "extra_forbidden":
+            valid = list(_SpecFile.model_fields)
+            raise InputError(source, loc, f"unknown key; {_hint(str(err['loc'][-1]), valid)}"
+                                          f"valid keys: {', '.join(valid)}") from None
+        raise InputError(source, loc, err["msg"]) from None
+    base = _flatten(spec.base, source, "base")
+    grid_raw = spec.grid
+    if spec.trace is not None:
+        if "trace" in grid_raw or "trace" in base:
+            raise InputError(source, "trace", "given at the top level and in base/grid")
+        grid_raw = {"trace": spec.trace if isinstance(spec.trace, list) else [spec.trace], **grid_raw}
+    axes: list[tuple[str, list[Any]]] = []
+    for key, values in grid_raw.items():
+        _check_key(str(key), source, "grid")
+        if not values:
+            raise InputError(source, f"grid.{key}", "empty list (a sweep over nothing)")
+        if str(key) in OPTION_GROUPS:  # a list of whole option mappings
+            for v in values:
+                if not isinstance(v, dict):
+                    raise InputError(source, f"grid.{key}", "each value must be a mapping of option: value")
+        axes.append((str(key), values))
+    cases = [_flatten(c, source, f"cases[{i}]") for i, c in enumerate(spec.cases)] or [{}]
+    swept = {k for k, _ in axes}
+    for i, case in enumerate(cases):
+        for k in case:
+            if k in swept or k.partition(".")[0] in swept:
+                raise InputError(source, f"cases[{i}].{k}", "also a grid axis (a case may set only what the "
+                                                            "grid does not sweep)")
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        for combo in itertools.product(*(v for _, v in axes)):
+            params = {**base, **case}
+            for (key, _), value in zip(axes, combo):
+                params.update(_flatten({key: value}, source, "grid"))
+            rows.append(params)
+    return SweepSpec(source, build_configs(rows, folder, source))
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    from simmoe.hw.profile import _UniqueKeyLoader  # rejects duplicate keys
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, None, "sweep spec not found")
+    try:
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise InputError(p, f"line {mark.line + 1}" if mark else None,
+                         f"not valid YAML ({getattr(e, 'problem', e)})") from None
+    return expand(data, str(p), p.parent)
