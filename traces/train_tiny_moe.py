@@ -2,15 +2,19 @@
 
 Produces the sample trace traces/tinymoe-stdlib.npz (a real routing trace from a real, if tiny, trained MoE)
 without downloading anything: the corpus is this interpreter's own standard library source
-(sysconfig.get_paths()["stdlib"], *.py, sorted paths, tests and vendored trees excluded).
+(sysconfig.get_paths()["stdlib"], *.py, sorted paths; tests, encodings tables and vendored trees excluded).
 
-    python traces/train_tiny_moe.py                 # train (~12 min, 1 thread) + prompts + capture
+    python traces/train_tiny_moe.py                 # train (400 steps, ~14 min on 1 thread) + prompts + capture
     python traces/train_tiny_moe.py --skip-train    # re-capture from an already trained model dir
+
+Then prints the trace's popularity skew, previous-token reuse and LRU hit rates next to a uniform-random
+trace of the same shape (also written to <model-dir>/trace_stats.json).
 
 Deterministic split: every 10th file (sorted order) is held out; training uses the rest, the capture prompts
 are snippets from held-out files only (written to traces/capture_prompts.jsonl). Seeded; CPU; the number of
 steps is fixed (--steps) so the run is reproducible, with --max-minutes as a safety stop that is reported.
-The model (fp32 safetensors, ~15 MB) goes to build/tinymoe-stdlib/ (git-ignored); the trace is what ships.
+The model (fp32 safetensors, ~15 MB) goes to build/tinymoe-stdlib/ (git-ignored) with training.json (loss
+curve, settings), which the capture embeds in the trace's meta["extra"]; the trace is what ships.
 Needs the `capture` extra: torch==2.13.0, transformers, tokenizers.
 """
 
@@ -101,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop after this step of the --steps schedule (reproduces a time-capped run exactly)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-train", action="store_true", help="reuse --model-dir, only prompts + capture")
+    ap.add_argument("--no-capture", action="store_true", help="train and save the model only")
     args = ap.parse_args(argv)
 
     import torch
@@ -203,25 +208,23 @@ def main(argv: list[str] | None = None) -> int:
         }
         (args.model_dir / "training.json").write_text(json.dumps(info, indent=1))
 
+    if args.no_capture:
+        return 0
     prompts = make_prompts(held_files, root, args.num_prompts, args.prompt_chars, args.seed)
     args.prompts.write_text("".join(json.dumps(p) + "\n" for p in prompts))
     print(f"wrote {len(prompts)} prompts to {args.prompts} "
           f"(sha256 {hashlib.sha256(args.prompts.read_bytes()).hexdigest()[:16]})", flush=True)
 
     cmd = ["trace", "capture", "--model", str(args.model_dir), "--prompts", str(args.prompts),
-           "--max-new-tokens", str(args.max_new_tokens), "--dtype", "fp32", "--predict", "--out", str(args.out)]
+           "--max-new-tokens", str(args.max_new_tokens), "--dtype", "fp32", "--predict",
+           "--threads", str(args.threads), "--out", str(args.out)]
+    training = args.model_dir / "training.json"
+    if training.is_file():  # the trace carries how its model was trained
+        cmd[-2:-2] = ["--extra-meta", str(training)]
     print("capture: simmoe " + " ".join(cmd), flush=True)
     from simmoe.cli.main import main as simmoe_main
 
-    try:
-        rc = simmoe_main(cmd)
-    except SystemExit as e:  # `simmoe trace` group not registered yet: same code through the module
-        if e.code == 0:
-            rc = 0
-        else:
-            from simmoe.cli.trace_capture import main as capture_main
-
-            rc = capture_main(cmd[2:])
+    rc = simmoe_main(cmd)
     if rc == 0:
         report_stats(args.out, args.model_dir / "trace_stats.json")
     return rc

@@ -144,9 +144,9 @@ class Replay:
             self.moe_of[li] = m
         self.st = _State()
         # per MoE layer: hits, misses, computed on the CPU (int64 arrays, for per-layer hit rates)
-        self.layer_hits = np.zeros(self.L, np.int64)
-        self.layer_misses = np.zeros(self.L, np.int64)
-        self.layer_cpu = np.zeros(self.L, np.int64)
+        self.layer_hits = [0] * self.L  # lists: item updates on numpy arrays cost more in this hot loop
+        self.layer_misses = [0] * self.L
+        self.layer_cpu = [0] * self.L
         self._fill = [0] * len(self.cache.parts)  # keys held per partition
         for p, part in enumerate(self.cache.parts):  # preloaded experts (resident, static): no copy counted
             for key in part.preload():
@@ -265,6 +265,7 @@ class Replay:
         bypass = placer is not None and placer.bypass_cache
         layer_wise = placer is not None and placer.layer_wise
         routing_hook, admit_hook = self._routing_hook, self._admit_hook
+        layer_hits, layer_misses, layer_cpu = self.layer_hits, self.layer_misses, self.layer_cpu
         last_use, ready = st.last_use, st.ready
         staging = self.plan.staging // expert_bytes if self.plan.staging else 0
         if staging and not hasattr(self, "_stage"):
@@ -340,9 +341,10 @@ class Replay:
                 else:  # the staging buffer is free again once this expert's kernels are done
                     self._stage[self._stage_i] = end
                     self._stage_i = (self._stage_i + 1) % len(self._stage)
-            self.layer_cpu[m] += len(cpu_jobs)
-            self.layer_hits[m] += st.hits - h0
-            self.layer_misses[m] += st.misses - m0
+            if cpu_jobs:
+                layer_cpu[m] += len(cpu_jobs)
+            layer_hits[m] += st.hits - h0
+            layer_misses[m] += st.misses - m0
             cpu_done = self._cpu_experts(cpu_jobs, r_end, li) if cpu_jobs else None
             tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine" if rec else "", wait="cpu")
             if self.prefetcher is not None:
