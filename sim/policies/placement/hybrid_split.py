@@ -54,12 +54,6 @@ class HybriMoE(SystemPolicy):
 
     @classmethod
     def expand(cls, options) -> PolicySet:
-        from simmoe.policies.registry import REGISTRY
-
         cache_opts = {k: v for k, v in (("slots_per_layer", options.slots_per_layer),
                                          ("cache_gb", options.cache_gb)) if v is not None}
-        cache = "lru"
-        if "mrs" in {p.name for p in REGISTRY.all()}:
-            cache = "mrs"
-            cache_opts["alpha"] = options.alpha
-        return PolicySet(cache=cache, cache_options=cache_opts, placement="hybrid-split")
+        return PolicySet(cache="mrs", cache_options={**cache_opts, "alpha": options.alpha}, placement="hybrid-split")
