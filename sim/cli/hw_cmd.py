@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from simmoe.cli import listing
 from simmoe.hw.profile import (
     HwProfile,
     dump_profile,
@@ -51,26 +52,8 @@ def summary_row(name: str, profile: HwProfile) -> dict[str, Any]:
     }
 
 
-def _fmt(v: Any, spec: str) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and spec:
-        return format(v, spec)
-    return str(v)
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
-    cells = [[title for _, title, _, _ in _COLUMNS]]
-    for r in rows:
-        cells.append([_fmt(r[key], spec) for key, _, _, spec in _COLUMNS])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    lines = []
-    for n, row in enumerate(cells):
-        parts = [f"{c:{align}{w}}" for c, (_, _, align, _), w in zip(row, _COLUMNS, widths, strict=True)]
-        lines.append("  ".join(parts).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return listing.format_table(rows, _COLUMNS)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -99,15 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Hardware profiles (GPU, host dispatch, PCIe, CPU, NVMe). Datasheet profiles ship with "
         "simmoe; `simmoe calibrate` writes calibrated ones. See hwprofiles/README.md for the schema.",
     )
-    p.add_argument("--json", action="store_true", help="print the table rows as JSON")
-    p.set_defaults(func=_cmd_list)
-    sub = p.add_subparsers(dest="hw_command", metavar="SUBCOMMAND")
-    ls = sub.add_parser("list", help="table of the built-in profiles (the default)")
-    # SUPPRESS: `simmoe hw --json list` keeps the flag given before the subcommand.
-    ls.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the table rows as JSON")
-    ls.set_defaults(func=_cmd_list)
-    show = sub.add_parser("show", help="print one profile, validated, as YAML with defaults filled in")
-    show.add_argument("profile", metavar="NAME_OR_PATH",
-                      help=f"a built-in profile ({', '.join(list_profiles())}) or a path to a YAML file")
-    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of YAML")
-    show.set_defaults(func=_cmd_show)
+    listing.add_list_show(
+        p, what="the built-in profiles", list_func=_cmd_list, show_func=_cmd_show, show_arg="profile",
+        show_metavar="NAME_OR_PATH", show_arg_help=f"a built-in profile ({', '.join(list_profiles())}) or a path "
+        "to a YAML file", show_help="print one profile, validated, as YAML with defaults filled in",
+        show_json_help="print JSON instead of YAML")

@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from simmoe.cli import listing
 from simmoe.models.catalog import CATALOG, get_model, list_models
 from simmoe.models.spec import ModelSpec
 
@@ -48,24 +49,14 @@ def summary_row(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    cells = [[title for _, title, _ in _COLUMNS]]
-    for r in rows:
-        cells.append([_fmt(r[key]) for key, _, _ in _COLUMNS])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    lines = []
-    for n, row in enumerate(cells):
-        parts = [f"{c:{align}{w}}" for c, (_, _, align), w in zip(row, _COLUMNS, widths, strict=True)]
-        lines.append("  ".join(parts).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    return listing.format_table(rows, [(key, title, align, _fmt) for key, title, align in _COLUMNS])
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -102,14 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Expert MB is one routed expert at the model's expert dtype (10^6 bytes); total/active are "
         "billions of parameters; KV KiB/token is over all layers at the model's dtype.",
     )
-    p.add_argument("--json", action="store_true", help="print the table rows as JSON")
-    p.set_defaults(func=_cmd_list)
-    sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
-    ls = sub.add_parser("list", help="table of every catalog model (the default)")
-    # SUPPRESS: `simmoe models --json list` keeps the flag given before the subcommand.
-    ls.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the table rows as JSON")
-    ls.set_defaults(func=_cmd_list)
-    show = sub.add_parser("show", help="print one model's spec as YAML (or JSON)")
-    show.add_argument("name", help=f"catalog name: {', '.join(list_models())}")
-    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of YAML")
-    show.set_defaults(func=_cmd_show)
+    listing.add_list_show(
+        p, what="every catalog model", list_func=_cmd_list, show_func=_cmd_show, show_arg="name",
+        show_metavar=None, show_arg_help=f"catalog name: {', '.join(list_models())}",
+        show_help="print one model's spec as YAML (or JSON)", show_json_help="print JSON instead of YAML")
