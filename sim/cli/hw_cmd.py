@@ -57,12 +57,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    rows = [summary_row(name, load_profile(name)) for name in list_profiles()]
-    if getattr(args, "json", False):
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_table(rows))
-    return 0
+    return listing.print_rows(args, [summary_row(name, load_profile(name)) for name in list_profiles()], _COLUMNS)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

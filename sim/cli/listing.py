@@ -4,6 +4,7 @@ subcommands with `--json` accepted before or after the subcommand."""
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,12 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> s
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def print_rows(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[Column]) -> int:
+    """The `list` output: the table, or the rows as JSON with --json."""
+    print(json.dumps(rows, indent=2) if getattr(args, "json", False) else format_table(rows, columns))
+    return 0
 
 
 def add_list_show(p: argparse.ArgumentParser, *, what: str, list_func: Callable, show_func: Callable,

@@ -55,17 +55,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _table_columns() -> list[listing.Column]:
+    return [(key, title, align, _fmt) for key, title, align in _COLUMNS]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    return listing.format_table(rows, [(key, title, align, _fmt) for key, title, align in _COLUMNS])
+    return listing.format_table(rows, _table_columns())
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    rows = [summary_row(CATALOG[name]) for name in list_models()]
-    if getattr(args, "json", False):
-        print(json.dumps(rows, indent=2))
-    else:
-        print(format_table(rows))
-    return 0
+    return listing.print_rows(args, [summary_row(CATALOG[name]) for name in list_models()], _table_columns())
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

@@ -218,12 +218,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=_cmd_import)
 
     for modname in TRACE_SUBCOMMAND_MODULES:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:  # subcommand not built yet
-                continue
-            raise
+        mod = importlib.import_module(modname)
         mod.register(sub)
 
 
