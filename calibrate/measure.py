@@ -243,6 +243,11 @@ def _measure_expert(shape: ExpertShape, device: str, st: Settings, tokens: Seque
     dt = _torch_dtype(shape.dtype)
     rows = []
     with torch.inference_mode():
+        # one pass over every weight copy first: page faults, thread-pool start and cold caches otherwise
+        # land on the first (1-token) point and make it slower than the 2- and 4-token ones
+        x = torch.randn(tokens[0] if tokens else 1, shape.d_model, dtype=dt, device=device)
+        for w in weights:
+            fn(x, w)
         for n in tokens:
             x = torch.randn(n, shape.d_model, dtype=dt, device=device)
 

@@ -320,13 +320,11 @@ def format_markdown(rep: Report, figure: str | None = None) -> str:
 
 
 def plot(rep: Report, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     batches = sorted({r.batch for r in rep.rows})
-    fig, axes = plt.subplots(1, len(batches), figsize=(max(6, 1.3 * len(rep.rows)), 4.2), squeeze=False)
+    fig = Figure(figsize=(max(6, 1.3 * len(rep.rows)), 4.2))
+    axes = fig.subplots(1, len(batches), squeeze=False)
     for ax, b in zip(axes[0], batches):
         rows = [r for r in rep.rows if r.batch == b]
         x = np.arange(len(rows))
@@ -346,7 +344,6 @@ def plot(rep: Report, path: Path) -> None:
                  f"(MAPE {_pct(rep.mape_mean).lstrip('+')})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:

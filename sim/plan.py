@@ -222,19 +222,18 @@ def label(row: pd.Series) -> str:
 
 def plot(ev: pd.DataFrame, slos: list[Slo], path: str) -> None:
     """Two panels: the first SLO's metric against $/Mtok and against peak GPU memory, Pareto fronts drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     from simmoe.fileio import atomic_path
 
     slo = slos[0]
     ok = ev[(ev["status"] == "ok") & ev["usd_per_mtok"].notna()].copy()
     ok = ok[np.isfinite(ok["usd_per_mtok"]) & ok[slo.metric].notna()]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig = Figure(figsize=(13, 5.2))
+    axes = fig.subplots(1, 2)
     hws = sorted(ok["hw"].unique())
-    colors = dict(zip(hws, plt.cm.tab10(np.linspace(0, 1, 10))[: len(hws)]))
+    colors = dict(zip(hws, colormaps["tab10"](np.linspace(0, 1, 10))[: len(hws)]))
     sign = 1.0 if slo.op == "<=" else -1.0  # the front minimises latency or maximises a lower-bounded metric
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
@@ -278,4 +277,3 @@ def plot(ev: pd.DataFrame, slos: list[Slo], path: str) -> None:
     fig.tight_layout()
     with atomic_path(path, suffix=Path(path).suffix) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)

@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 if TYPE_CHECKING:  # pragma: no cover
     from simmoe.engine.results import Result
@@ -351,6 +351,7 @@ def layer_hit_rate(result: Result, ax: Axes | None = None) -> Axes:
             cpu = np.divide(lf["cpu_experts"].to_numpy(), acc, out=np.zeros(len(lf)), where=acc > 0)
             ax.bar(lf["layer"], cpu, bottom=rate, color="#9467bd", label="computed on CPU")
         ax.set_xlabel("MoE layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("Expert accesses per MoE layer")
     else:
         df = result.steps

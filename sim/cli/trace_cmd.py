@@ -39,13 +39,11 @@ def _json_clean(x: Any) -> Any:
 
 def plot_stats(stats: dict[str, Any], out: str | Path) -> None:
     """Two panels: the per-layer LRU hit-rate curve vs cache fraction, and per-layer popularity skew."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    a, b = fig.subplots(1, 2)
     fr = [100 * c["fraction"] for c in stats["lru"]]
     a.plot(fr, [100 * c["hit_rate"] for c in stats["lru"]], "o-", lw=2, label="all layers")
     per = np.array([c["per_layer_hit_rate"] for c in stats["lru"]], dtype=float)  # [fractions, L]
@@ -66,7 +64,6 @@ def plot_stats(stats: dict[str, Any], out: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

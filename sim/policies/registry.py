@@ -25,11 +25,14 @@ class Registry:
         self._loaded = False
 
     def register(self, cls: type[Policy]) -> type[Policy]:
-        """Register a policy class (usable as a decorator). A second class under the same name is an error."""
+        """Register a policy class (usable as a decorator). A second class under the same name is an error,
+        unless it is the same class defined again (same module and qualified name)."""
         if not (isinstance(cls, type) and issubclass(cls, Policy)) or not cls.name:
             raise TypeError(f"{cls!r} is not a named simmoe Policy subclass")
+        self._load_entry_points()  # a user class may not take a built-in's name, whatever the order
         have = self._by_name.get(cls.name)
-        if have is not None and have is not cls:
+        # the same class defined again (a notebook cell re-run, a module reload) replaces the old one
+        if have is not None and have is not cls and _qual(have) != _qual(cls):
             raise DuplicatePolicyError(
                 f"policy name {cls.name!r} registered twice: {_qual(have)} and {_qual(cls)}"
             )
