@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 if TYPE_CHECKING:  # pragma: no cover
     from simmoe.engine.results import Result
     from simmoe.hw.profile import HwProfile
+    from simmoe.policies.base import PolicySet
     from simmoe.trace.format import Trace
 
 GIB = 2**30
@@ -56,17 +57,21 @@ def _policy_name(described: str) -> str:
 
 # ---- hit rate vs cache size ----------------------------------------------------------------------------------
 def sweep_cache_sizes(trace: Trace | str | Path, hw: HwProfile | str | Path,
-                      policies: Sequence[str] | Mapping[str, Mapping[str, Any]], sizes: Iterable[int],
+                      policies: Sequence[str] | Mapping[str, Mapping[str, Any] | PolicySet], sizes: Iterable[int],
                       size_option: str = "slots_per_layer", **config: Any) -> pd.DataFrame:
     """Replay `trace` on `hw` for every policy and cache size; one row per run.
 
-    `policies`: cache policy names, or a mapping name -> extra options. Each size is passed as the policy
-    option `size_option` (default slots_per_layer). `config` goes to ReplayConfig (batch, max_requests, ...).
-    Columns: policy, size, cache_slots, cache_frac (of all experts of all MoE layers), hit_rate, hits, misses,
-    tpot_ms (mean), tokens_per_s, bytes_h2d.
+    `policies`: cache policy names, or a mapping label -> extra cache options, or label -> PolicySet (a cache
+    composed with a prefetcher, placement, ...). Each size is set as the cache option `size_option` (default
+    slots_per_layer). `config` goes to ReplayConfig (batch, max_requests, ...). Columns: policy (the label),
+    size, cache_slots, cache_frac (of all experts of all MoE layers), hit_rate, hits, misses, tpot_ms (mean),
+    tokens_per_s, bytes_h2d.
     """
+    import dataclasses
+
     from simmoe.engine.replay import replay
     from simmoe.hw.profile import HwProfile, load_profile
+    from simmoe.policies.base import PolicySet
     from simmoe.trace.format import Trace, read_trace
 
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
@@ -76,7 +81,11 @@ def sweep_cache_sizes(trace: Trace | str | Path, hw: HwProfile | str | Path,
     rows = []
     for name, opts in pol.items():
         for size in sizes:
-            s = replay(tr, prof, name, {**opts, size_option: size}, **config).summary
+            if isinstance(opts, PolicySet):
+                pset = dataclasses.replace(opts, cache_options={**opts.cache_options, size_option: size})
+            else:
+                pset = PolicySet(cache=name, cache_options={**opts, size_option: size})
+            s = replay(tr, prof, pset, **config).summary
             rows.append({"policy": name, "size": size, "cache_slots": s["cache_slots"],
                          "cache_frac": s["cache_slots"] / total, "hit_rate": s["hit_rate"], "hits": s["hits"],
                          "misses": s["misses"], "tpot_ms": s["tpot_ms"]["mean"],
@@ -91,27 +100,37 @@ def _hit_frame(data: pd.DataFrame | Iterable[Result]) -> pd.DataFrame:
                           "hit_rate": r.summary["hit_rate"]} for r in data])
 
 
-def hit_rate_curve(data: pd.DataFrame | Iterable[Result], x: str = "cache_slots", ax: Axes | None = None) -> Axes:
-    """Hit rate vs cache size, one line per policy. `data`: a `sweep_cache_sizes` frame (columns policy,
-    hit_rate and `x`) or Results (grouped by policy name, x = cache_slots)."""
+_Y_LABELS = {"hit_rate": "expert cache hit rate", "tpot_ms": "time per output token (ms, mean)",
+             "tokens_per_s": "tokens/s", "bytes_h2d": "bytes copied to the GPU"}
+
+
+def hit_rate_curve(data: pd.DataFrame | Iterable[Result], x: str = "cache_slots", ax: Axes | None = None,
+                   y: str = "hit_rate") -> Axes:
+    """Hit rate (or another column `y`: tpot_ms, tokens_per_s, bytes_h2d) vs cache size, one line per policy.
+    `data`: a `sweep_cache_sizes` frame (columns policy, `x` and `y`) or Results (grouped by policy name,
+    x = cache_slots; y = hit_rate)."""
     df = _hit_frame(data)
-    missing = {"policy", "hit_rate", x} - set(df.columns)
+    missing = {"policy", y, x} - set(df.columns)
     if missing:
         raise ValueError(f"hit_rate_curve: data lacks column(s) {sorted(missing)}")
     ax = _axes(ax)
     for name, g in df.groupby("policy", sort=False):
         g = g.sort_values(x)
-        ax.plot(g[x], g["hit_rate"], marker="o", label=str(name))
+        ax.plot(g[x], g[y], marker="o", label=str(name))
     ax.set_xlabel({"cache_slots": "cache size (experts)", "cache_frac": "cache size (fraction of experts)",
                    "size": "cache size (experts per layer)"}.get(x, x))
     if x == "cache_frac":
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_ylabel("expert cache hit rate")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_ylim(0, 1)
+    ax.set_ylabel(_Y_LABELS.get(y, y))
+    if y == "hit_rate":
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_ylim(0, 1)
+        ax.set_title("Hit rate vs cache size")
+    else:
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{_Y_LABELS.get(y, y)} vs cache size")
     ax.grid(alpha=0.3)
     ax.legend(title="policy")
-    ax.set_title("Hit rate vs cache size")
     return ax
 
 

@@ -54,6 +54,21 @@ def test_sweep_and_hit_rate_curve(trace):
     assert list(ax.get_lines()[0].get_ydata()) == list(df["hit_rate"])
 
 
+def test_sweep_with_a_policy_set_and_latency_curve(trace):
+    from simmoe.policies.base import PolicySet
+
+    sets = {"lru": {}, "lru+oracle": PolicySet(cache="lru", prefetch="oracle")}
+    df = plots.sweep_cache_sizes(trace, HW, sets, [1, 2])
+    assert list(df["policy"]) == ["lru", "lru", "lru+oracle", "lru+oracle"]
+    plain = plots.sweep_cache_sizes(trace, HW, ["lru"], [1, 2])
+    assert list(df["hits"][:2]) == list(plain["hits"])  # the plain label is the plain policy
+    assert list(df["bytes_h2d"][2:]) != list(df["bytes_h2d"][:2])  # the prefetcher's copies are counted
+    ax = plots.hit_rate_curve(df, x="size", y="tpot_ms")
+    assert [ln.get_label() for ln in ax.get_lines()] == ["lru", "lru+oracle"]
+    assert list(ax.get_lines()[1].get_ydata()) == list(df["tpot_ms"][2:])
+    assert ax.get_ylabel().startswith("time per output token")
+
+
 def test_hit_rate_curve_series_per_policy(lru, ondemand):
     df = pd.DataFrame({"policy": ["a", "a", "b", "b", "b"], "cache_slots": [4, 8, 4, 8, 16],
                        "hit_rate": [0.1, 0.2, 0.15, 0.3, 0.5]})
