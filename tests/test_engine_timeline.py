@@ -9,20 +9,21 @@ from conftest import random_trace
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.replay import Replay
 from simmoe.engine.simpy_timeline import SimpyTimeline
-from simmoe.engine.timeline import D2H, H2D, Timeline
+from simmoe.engine.timeline import D2H, H2D, ChunkedTimeline, Timeline
 from simmoe.hw.profile import HostSpec, load_profile
 from simmoe.policies.base import PolicySet
 
 HOST = HostSpec(launch_overhead_us=10.0, copy_issue_us=2.0, sync_us=5.0)
 
 
-def both(fn, host=HOST, copy_engines=2):
-    """Run the same issue program on both timelines; returns (fast, simpy) (host end, gpu end)."""
-    fast = Timeline(host, copy_engines)
+def both(fn, host=HOST, copy_engines=2, chunked=False):
+    """Run the same issue program on both timelines; returns (fast, simpy) (host end, gpu end).
+    `chunked`: the timelines with preemptible prefetch copies."""
+    fast = (ChunkedTimeline if chunked else Timeline)(host, copy_engines)
     fn(fast)
     fast.sync()
     env = simpy.Environment()
-    slow = SimpyTimeline(env, host, copy_engines)
+    slow = SimpyTimeline(env, host, copy_engines, chunked=chunked)
     fn(slow)
     slow.sync()
     env.run(slow.play())
@@ -99,9 +100,15 @@ def test_cpu_worker_in_order():
     assert b == pytest.approx(a + 50.0)
 
 
-@pytest.mark.parametrize("program", ["mixed", "launch_bound", "compute_copy", "cpu"])
+# (program, chunked timelines): every program also on the chunked ones; preemptible copies need them
+PROGRAMS = [(p, c) for p in ("mixed", "launch_bound", "compute_copy", "cpu") for c in (False, True)]
+PROGRAMS.append(("prefetch", True))
+
+
+@pytest.mark.parametrize(("program", "chunked"), PROGRAMS)
 @pytest.mark.parametrize("engines", [1, 2])
-def test_recurrence_equals_simpy_on_programs(program, engines):
+def test_recurrence_equals_simpy_on_programs(program, chunked, engines):
+
     def mixed(tl):
         a = tl.kernels(3, 4.0)
         c = tl.copy(200.0, H2D, after=a)
@@ -129,8 +136,23 @@ def test_recurrence_equals_simpy_on_programs(program, engines):
             d = tl.cpu(40.0, after=d)
         tl.kernels(1, 2.0, after=tl.copy(3.0, H2D, after=d), wait="cpu")
 
-    fn = {"mixed": mixed, "launch_bound": launch_bound, "compute_copy": compute_copy, "cpu": cpu}[program]
-    fast, slow = both(fn, copy_engines=engines)
+    def prefetch(tl):  # preemptible prefetches (tests/test_engine_chunked.py has hand-checked ones)
+        a = tl.kernels(3, 4.0)
+        p = tl.copy(600.0, H2D, preemptible=True, chunks=6)
+        q = tl.copy(300.0, H2D, after=a, preemptible=True, chunks=3)
+        d = tl.copy(100.0, H2D, after=a)  # overtakes both at p's next chunk boundary
+        tl.kernels(4, 5.0, after=d)
+        x = tl.copy(30.0, D2H)  # on the same engine with copy_engines=1
+        tl.kernels(2, 20.0, after=q)  # q is needed: promoted, with p ahead of it
+        tl.copy(50.0, H2D, on_compute=True)
+        tl.cpu(40.0, after=x)
+        r = tl.copy(200.0, H2D, after=p, preemptible=True, chunks=4)
+        tl.copy(80.0, H2D, blocking=True)
+        tl.sync(r)
+
+    fn = {"mixed": mixed, "launch_bound": launch_bound, "compute_copy": compute_copy, "cpu": cpu,
+          "prefetch": prefetch}[program]
+    fast, slow = both(fn, copy_engines=engines, chunked=chunked)
     assert fast == pytest.approx(slow, rel=1e-12)
 
 
@@ -142,6 +164,16 @@ CONFIGS = [
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}), cfg=dict(host_memory="pageable")),
     dict(policy=PolicySet("lru", {"scope": "global", "cache_gb": 0.1}), cfg=dict(batch=3)),
     dict(policy=PolicySet("resident")),
+    # ProMoE's chunked, preemptible prefetch (the toy model's experts are 12 MiB)
+    dict(policy=PolicySet("lru", {"slots_per_layer": 2}, prefetch="stride", prefetch_options={"accuracy": 0.6}),
+         cfg=dict(prefetch_chunk_mb=4.0)),
+    dict(policy=PolicySet("lru", {"slots_per_layer": 2}, prefetch="next-layer", prefetch_options={"accuracy": 0.5}),
+         cfg=dict(prefetch_chunk_mb=100.0, copy_stream="compute")),
+    dict(policy=PolicySet("lru", {"scope": "global", "cache_gb": 0.1}, prefetch="next-layer",
+                          prefetch_options={"accuracy": 0.7}), cfg=dict(batch=3, prefetch_chunk_mb=2.0,
+                                                                        host_memory="pageable")),
+    dict(policy=PolicySet("lru", {"slots_per_layer": 3}, prefetch="oracle", placement="fiddler"),
+         cfg=dict(batch=2, prefetch_chunk_mb=0.5), copy_engines=1),
 ]
 
 
@@ -149,6 +181,8 @@ CONFIGS = [
 def test_replay_fast_equals_simpy(case):
     tr = random_trace(60, 3, 8, 2, requests=3, seed=5, prefill=4)
     hw = load_profile("rtx3090")
+    if "copy_engines" in case:
+        hw = hw.model_copy(update={"pcie": hw.pcie.model_copy(update={"copy_engines": case["copy_engines"]})})
     out = {}
     for engine in ("fast", "simpy"):
         cfg = ReplayConfig(engine=engine, **case.get("cfg", {}))

@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="option of --policy (repeatable)")
     p.add_argument("--prefetch", help="prefetch policy")
     p.add_argument("--prefetch-opt", action="append", metavar="KEY=VALUE")
+    p.add_argument("--prefetch-chunk-mb", type=float, metavar="MIB",
+                   help="ProMoE's chunked, preemptible prefetch: split every prefetch copy into chunks of at most "
+                        "MIB MiB (each pays the PCIe latency) that a demand copy overtakes at the running chunk's "
+                        "end (default: copies are FIFO)")
     p.add_argument("--placement", help="placement policy (where missed experts are computed)")
     p.add_argument("--placement-opt", action="append", metavar="KEY=VALUE")
     p.add_argument("--precision", help="precision policy (bit-width experts are stored and moved at)")
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ReplayConfig(
         batch=args.batch, prefill_chunk=args.prefill_chunk, host_memory=args.host_memory,
         copy_stream=args.copy_stream, engine=args.engine, max_requests=args.max_requests,
+        prefetch_chunk_mb=args.prefetch_chunk_mb,
         arrivals=args.arrivals, rate=args.rate, cv=args.cv, seed=args.seed,
         max_batched_tokens=args.max_batched_tokens, requests=args.requests,
         slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,

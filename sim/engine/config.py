@@ -14,6 +14,10 @@ class ReplayConfig:
     copy_stream: Literal["separate", "compute"] = "separate"  # stream expert copies are issued on
     engine: Literal["fast", "simpy"] = "fast"  # recurrence, or one SimPy event per kernel (reference)
     staging_buffers: int = 2  # expert buffers for policies without a cache (ondemand)
+    # ProMoE's chunked, preemptible prefetch (None: copies are FIFO). Every prefetcher's copies are split into
+    # chunks of at most this many MiB (each chunk pays the PCIe latency); a demand copy overtakes them at the
+    # running chunk's end. See timeline.ChunkedTimeline.
+    prefetch_chunk_mb: float | None = None
     timeline_steps: tuple[int, int] | None = None  # [start, stop) steps recorded for --timeline
     max_requests: int | None = None  # replay only the first N requests
     # serving: arrivals and the batch scheduler's limits (closed = every request waiting at t=0)
@@ -33,6 +37,9 @@ class ReplayConfig:
             raise InputError("--batch", None, f"must be >= 1, got {self.batch}")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise InputError("--prefill-chunk", None, f"must be >= 1, got {self.prefill_chunk}")
+        mb = self.prefetch_chunk_mb
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int | float) or not 0 < mb < float("inf")):
+            raise InputError("--prefetch-chunk-mb", None, f"must be a size > 0 MiB, got {mb!r}")
         if self.staging_buffers < 1:
             raise InputError("--staging-buffers", None, "must be >= 1")
         if self.host_memory not in ("pinned", "pageable"):

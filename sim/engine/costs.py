@@ -62,6 +62,7 @@ class CostModel:
         # cache per-token-count answers: the engine asks the same few sizes millions of times
         self.expert_gpu_us = lru_cache(maxsize=4096)(self._expert_gpu_us)
         self.expert_cpu_us = lru_cache(maxsize=4096)(self._expert_cpu_us)
+        self.expert_gpu_us_at = lru_cache(maxsize=4096)(self._expert_gpu_us_at)
 
     # ---- GPU ---------------------------------------------------------------------------------------------
     def gpu_roofline_us(self, flops: float, nbytes: float, kernels: int = 1) -> float:
@@ -75,6 +76,16 @@ class CostModel:
         s = self.spec
         act = tokens * (2 * s.d_model + 3 * s.expert_d_ff) * self._act_bytes
         return self.gpu_roofline_us(s.expert_flops(tokens) + self._dequant_flops, self.expert_bytes + act,
+                                    self.hw.host.kernels_per_expert)
+
+    def _expert_gpu_us_at(self, tokens: int, weight_bytes: int) -> float:
+        """As `expert_gpu_us`, reading `weight_bytes` of weights instead of the whole expert (nested
+        precision: a kernel computing on a prefix of the expert's bit planes)."""
+        if self._gpu_table is not None:
+            return _table_us(self._gpu_table, tokens)
+        s = self.spec
+        act = tokens * (2 * s.d_model + 3 * s.expert_d_ff) * self._act_bytes
+        return self.gpu_roofline_us(s.expert_flops(tokens) + self._dequant_flops, weight_bytes + act,
                                     self.hw.host.kernels_per_expert)
 
     def _ffn_gpu_us(self, d_ff: int, tokens: int, n: int = 1) -> float:

@@ -7,10 +7,20 @@ is a process that pays launch costs as timeouts and blocks on syncs and blocking
 expanded into their individual kernels.
 
 The planner records a step's ops here (handles are `Op` objects) and `play()` runs them.
+
+With `chunked=True` the H2D engine (and the D2H one when it is shared) is instead a dispatcher process that
+also runs preemptible prefetches chunk by chunk (the semantics of `timeline.ChunkedTimeline`): at each
+decision point it first lets every event of the current instant happen (a lowest-priority zero-delay
+event), then runs, in this order: a promoted prefetch whose turn has come (to its end); the oldest
+non-preemptible copy if it is ready (its dependencies done, issued, and on the compute stream its turn
+there); else one chunk of the oldest prefetch, if that was issued before the oldest non-preemptible copy.
+A prefetch is promoted when the host issues something that waits for it; it then takes its turn among
+the non-preemptible copies and is no longer overtaken by copies issued after that.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import simpy
@@ -21,7 +31,7 @@ from simmoe.hw.profile import HostSpec
 
 class Op:
     __slots__ = ("kind", "queues", "dur", "after", "host_us", "blocking", "done", "start", "end", "name",
-                 "cat", "track")
+                 "cat", "track", "seq", "ok", "promoted", "rem", "chunk", "seg_start", "seg_rem", "seg_done")
 
     def __init__(self, kind, queues, dur, after, host_us, blocking=False, name="", cat="", track=""):
         self.kind = kind
@@ -33,6 +43,17 @@ class Op:
         self.done = None
         self.start = self.end = None
         self.name, self.cat, self.track = name, cat, track
+        self.ok = self.promoted = False
+
+
+class _Settle(simpy.Event):
+    """Fires at the current instant after every other event of that instant (priority below NORMAL)."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, priority=2)
 
 
 class Join:
@@ -59,6 +80,7 @@ class SimpyTimeline:
     host: HostSpec
     copy_engines: int = 2
     record: bool = False
+    chunked: bool = False  # preemptible prefetch copies: the H2D engine is a dispatcher process
     c: Counters = field(default_factory=Counters)
     events: list[Event] = field(default_factory=list)
 
@@ -70,6 +92,12 @@ class SimpyTimeline:
         self._program: list[Op] = []
         self._last_gpu: Op | None = None
         self.h = 0.0
+        if self.chunked:
+            self._seq = 0
+            self._fixed: deque[Op] = deque()  # non-preemptible copies and promoted prefetches, in turn order
+            self._pref: deque[Op] = deque()  # prefetches not finished, in issue order
+            self._wake = self.env.event()
+            self.env.process(self._engine())
 
     @property
     def now(self) -> float:
@@ -102,8 +130,18 @@ class SimpyTimeline:
         return op
 
     def copy(self, us: float, direction: str = H2D, after=None, on_compute: bool = False,
-             blocking: bool = False, name: str = "copy") -> Op:
+             blocking: bool = False, name: str = "copy", preemptible: bool = False, chunks: int = 1) -> Op:
         queues = (direction, GPU) if on_compute else (direction,)
+        if preemptible:
+            if not self.chunked or direction != H2D or on_compute or blocking or chunks < 1:
+                raise ValueError("a preemptible copy needs chunked=True and is a non-blocking H2D copy on the "
+                                 "copy stream, chunks >= 1")
+            op = Op("prefetch", queues, us, after, self.host.copy_issue_us, name=name, cat="prefetch",
+                    track=H2D)
+            op.rem, op.chunk = chunks, us / chunks
+            self._program.append(op)
+            self.c.h2d_busy += us
+            return op
         op = Op("copy", queues, us, after, self.host.copy_issue_us, blocking=blocking, name=name, cat="copy",
                 track=direction)
         self._program.append(op)
@@ -129,11 +167,22 @@ class SimpyTimeline:
 
     def _host(self, program: list[Op]):
         env = self.env
+        chunked = self.chunked
         for op in program:
             if op.host_us:
                 yield env.timeout(op.host_us)
             if op.kind == "host":
                 continue
+            if chunked:
+                if op.kind != "prefetch":  # whatever waits for a prefetch promotes it
+                    for d in _deps(op.after):
+                        if d.kind == "prefetch" and not d.promoted and not d.done.triggered:
+                            self._promote(d)
+                if op.kind == "prefetch" or (op.kind == "copy" and self._on_engine(op.track)):
+                    self._issue_engine(op)
+                    if op.blocking:
+                        yield op.done
+                    continue
             if op.kind == "sync":
                 for d in _deps(op.after):
                     yield d.done
@@ -158,3 +207,102 @@ class SimpyTimeline:
         if self.record:
             self.events.append(Event(op.track, op.name, op.cat, op.start, op.end))
         op.done.succeed()
+
+    # ---- chunked H2D engine (preemptible prefetches) -----------------------------------------------------
+    def _on_engine(self, track: str) -> bool:
+        return track == H2D or self.copy_engines < 2
+
+    def _poke(self) -> None:
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def _promote(self, op: Op) -> None:
+        """`op` and every prefetch ahead of it take their turn among the non-preemptible copies, now."""
+        for q in self._pref:
+            if not q.promoted:
+                q.promoted = True
+                self._fixed.append(q)
+            if q is op:
+                break
+        self._poke()
+
+    def _issue_engine(self, op: Op) -> None:
+        op.seq = self._seq
+        self._seq += 1
+        op.done = self.env.event()
+        if op.kind == "prefetch":
+            self._pref.append(op)
+            self.env.process(self._ready(op, None))
+        else:
+            self._fixed.append(op)
+            gpu_req = self._res[GPU].request() if GPU in op.queues else None
+            self.env.process(self._ready(op, gpu_req))
+
+    def _ready(self, op: Op, gpu_req):
+        """Marks op ready for the engine once its dependencies (and its turn on the compute stream) are done;
+        an on-compute-stream copy holds the compute stream until it ends."""
+        waits = [d.done for d in _deps(op.after)]
+        if gpu_req is not None:
+            waits.append(gpu_req)
+        if waits:
+            yield simpy.AllOf(self.env, waits)
+        op.ok = True
+        self._poke()
+        if gpu_req is not None:
+            yield op.done
+            self._res[GPU].release(gpu_req)
+
+    def _finish(self, op: Op, start: float) -> None:
+        op.end = self.env.now
+        if self.record:
+            args = {"preemptible": True} if op.kind == "prefetch" else None
+            self.events.append(Event(op.track, op.name, op.cat, start, op.end, args))
+        op.done.succeed()
+
+    def _engine(self):
+        env = self.env
+        fixed, pref = self._fixed, self._pref
+        last = None  # what the engine ran last: a prefetch run right after itself continues its segment
+        while True:
+            yield _Settle(env)
+            x = fixed[0] if fixed else None
+            p = pref[0] if pref else None
+            if x is not None and x.kind == "prefetch":  # a promoted prefetch's turn (it heads `pref` too)
+                if x.ok:
+                    if last is not x:
+                        x.seg_start, x.seg_rem, x.seg_done = env.now, x.rem, 0
+                    t0 = env.now
+                    yield env.timeout(x.seg_start + x.seg_rem * x.chunk - env.now)
+                    x.rem = 0
+                    fixed.popleft()
+                    pref.popleft()
+                    self._finish(x, t0)
+                    last = x
+                    continue
+            elif x is not None and x.ok:
+                x.start = env.now
+                yield env.timeout(x.dur)
+                fixed.popleft()
+                self._finish(x, x.start)
+                last = x
+                continue
+            elif p is not None and p.ok and (x is None or p.seq < x.seq):  # one chunk
+                if last is not p:
+                    p.seg_start, p.seg_rem, p.seg_done = env.now, p.rem, 0
+                t0 = env.now
+                yield env.timeout(p.seg_start + (p.seg_done + 1) * p.chunk - env.now)
+                p.seg_done += 1
+                p.rem -= 1
+                if p.rem == 0:
+                    pref.popleft()
+                    if p.promoted:
+                        fixed.remove(p)
+                    self._finish(p, t0)
+                elif self.record:
+                    self.events.append(Event(H2D, p.name, p.cat, t0, env.now, {"preemptible": True}))
+                last = p
+                continue
+            last = None
+            if not self._wake.triggered:
+                yield self._wake
+            self._wake = env.event()

@@ -10,13 +10,16 @@ Model (DESIGN.md, "What real offloaded MoE execution looks like"):
 
 Handles returned by the issue methods are opaque to callers (here: completion times in microseconds), so
 the same planner code drives `SimpyTimeline`, which plays each kernel as its own SimPy event; a test checks
-both give the same timeline. A group of n equal kernels is one op here: with launch cost L and duration d
+both give the same timeline. `ChunkedTimeline` adds preemptible prefetch copies (ProMoE's chunked transfers),
+whose handles are resolved lazily. A group of n equal kernels is one op here: with launch cost L and duration d
 each, started no earlier than s, the last one ends at max(s + n*d, h0 + 2L + (n-1)d, h0 + nL + d), where h0 is
 the host clock before the first launch (the recurrence is linear between its extremes).
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from simmoe.hw.profile import HostSpec
@@ -184,4 +187,166 @@ class Timeline:
         self.c.cpu_busy += us
         if self.record:
             self.events.append(Event(CPU, name, "cpu", start, end))
+        return end
+
+
+# ---- preemptible prefetch copies -------------------------------------------------------------------------
+class PrefetchHandle:
+    """Handle of a preemptible prefetch copy: `end` is None while later copies may still push it back."""
+
+    __slots__ = ("ready", "rem", "chunk", "end", "name")
+
+    def __init__(self, ready: float, chunks: int, chunk_us: float, name: str) -> None:
+        self.ready = ready  # earliest start: issue time and its dependency
+        self.rem = chunks  # chunks not yet committed
+        self.chunk = chunk_us
+        self.end: float | None = None
+        self.name = name
+
+
+@dataclass
+class ChunkedTimeline(Timeline):
+    """`Timeline` whose H2D engine also runs preemptible prefetches (ProMoE, Song et al. 2024, arXiv:2410.22134:
+    prefetches are split into chunks so that an on-demand load preempts them at a chunk boundary).
+
+    The engine serves copies in issue order, except that a non-preemptible copy (a demand miss, a CPU
+    expert's result, and with one copy engine a D2H copy too) overtakes the prefetches queued or running
+    when it becomes ready: it starts at the running chunk's end, and the prefetch chunks not started yet are
+    pushed back by its duration. Prefetches stay FIFO among themselves. A prefetch's handle is a
+    `PrefetchHandle` whose end is only known once nothing can push it back: consuming it (a kernel, CPU job, sync or
+    non-preemptible copy issued `after` it, i.e. the expert is needed now) promotes it and every prefetch
+    ahead of it: their tentative schedule is committed and copies issued later queue behind them.
+
+    State: `h2d_free` is the committed frontier (the engine's schedule is final up to it; it always ends
+    with a non-preemptible op or a promoted prefetch); `_pq` holds the prefetches not committed yet, whose
+    tentative schedule runs back to back from the frontier. With no prefetch pending every method is the
+    plain `Timeline`'s, so results match it exactly when nothing is preemptible.
+    """
+
+    _pq: deque = field(default_factory=deque)
+
+    def _res(self, x):
+        """A handle's completion time; a pending prefetch is promoted (committed) first."""
+        if x.__class__ is PrefetchHandle:
+            if x.end is None:
+                self._promote(x)
+            return x.end
+        return x
+
+    def _set_free(self, t: float) -> None:
+        self.h2d_free = t
+        if self.copy_engines < 2:
+            self.d2h_free = t
+
+    def _segment(self, p: PrefetchHandle, start: float, end: float) -> None:
+        if self.record:
+            self.events.append(Event(H2D, p.name, "prefetch", start, end, {"preemptible": True}))
+
+    def _promote(self, x: PrefetchHandle) -> None:
+        t = self.h2d_free
+        pq = self._pq
+        while True:
+            p = pq.popleft()
+            s = p.ready if p.ready > t else t
+            t = p.end = s + p.rem * p.chunk
+            p.rem = 0
+            self._segment(p, s, t)
+            if p is x:
+                break
+        self._set_free(t)
+
+    def _advance(self, r: float) -> float:
+        """Commit the prefetch chunks that start before r (a non-preemptible copy is ready at r); returns
+        when the engine is free for it (the running chunk's end, or r)."""
+        t = self.h2d_free
+        pq = self._pq
+        while pq:
+            p = pq[0]
+            s = p.ready if p.ready > t else t
+            if s >= r:
+                break
+            c = p.chunk
+            k = max(math.ceil((r - s) / c), 1)  # the first chunk boundary at or after r: s + k*c
+            while k > 1 and s + (k - 1) * c >= r:
+                k -= 1
+            while s + k * c < r:
+                k += 1
+            if k >= p.rem:
+                t = p.end = s + p.rem * c
+                p.rem = 0
+                pq.popleft()
+                self._segment(p, s, t)
+                continue
+            t = s + k * c
+            p.rem -= k
+            self._segment(p, s, t)
+            break
+        return t if t > r else r
+
+    def idle_at(self) -> float:
+        t = self.h2d_free
+        for p in self._pq:
+            t = max(t, p.ready) + p.rem * p.chunk
+        return max(self.h, self.gpu_free, t, self.d2h_free, self.cpu_free)
+
+    def join(self, *handles):
+        return super().join(*(self._res(x) for x in handles))
+
+    def sync(self, handle=None, name: str = "sync") -> None:
+        super().sync(self._res(handle), name)
+
+    def kernels(self, n: int, each_us: float, after=None, name: str = "kernel", cat: str = "compute",
+                wait: str = "copy") -> float:
+        return super().kernels(n, each_us, self._res(after), name, cat, wait)
+
+    def cpu(self, us: float, after=None, name: str = "cpu expert") -> float:
+        return super().cpu(us, self._res(after), name)
+
+    def copy(self, us: float, direction: str = H2D, after=None, on_compute: bool = False, blocking: bool = False,
+             name: str = "copy", preemptible: bool = False, chunks: int = 1):
+        """As `Timeline.copy`; `preemptible`: a prefetch of `chunks` equal chunks on the H2D engine, returns a
+        `PrefetchHandle`."""
+        if preemptible:
+            if direction != H2D or on_compute or blocking or chunks < 1:
+                raise ValueError("a preemptible copy is an H2D copy on the copy stream, non-blocking, chunks >= 1")
+            self.h += self.host.copy_issue_us
+            ready = self.h
+            # a dependency on a pending prefetch (its slot) is implied: that one is earlier in the same FIFO
+            a = after.end if after.__class__ is PrefetchHandle else after
+            if a is not None and a > ready:
+                ready = a
+            self.c.h2d_busy += us
+            p = PrefetchHandle(ready, chunks, us / chunks, name)
+            self._pq.append(p)
+            return p
+        after = self._res(after)
+        shared = self.copy_engines < 2
+        if not self._pq or (direction != H2D and not shared):
+            return super().copy(us, direction, after, on_compute, blocking, name)
+        # a non-preemptible copy on the engine the pending prefetches use: it overtakes them
+        self.h += self.host.copy_issue_us
+        r = self.h
+        qfree = max(self.h2d_free, self.d2h_free) if shared else self.h2d_free  # the committed frontier
+        if qfree > r:
+            r = qfree
+        if after is not None and after > r:
+            r = after
+        prev_gpu = self.gpu_free
+        if on_compute and prev_gpu > r:
+            r = prev_gpu
+        start = self._advance(r)
+        end = start + us
+        self._set_free(end)
+        if direction == H2D:
+            self.c.h2d_busy += us
+        else:
+            self.c.d2h_busy += us
+        if on_compute:
+            self.c.stall_copy += end - prev_gpu
+            self.gpu_free = end
+        if blocking:
+            self.h = end
+        if self.record:
+            self.events.append(Event(direction, name, "copy", start, end,
+                                     {"us": us, "on_compute_stream": on_compute, "blocking": blocking}))
         return end

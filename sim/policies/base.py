@@ -127,6 +127,16 @@ class CachePolicy(Policy):
         """Keys resident before the first access (loaded at start-up, no copy counted). Default: cold."""
         return ()
 
+    def bind_routing(self, router: RoutingPolicy | None) -> None:
+        """Called once before the run with the run's routing policy instance, after it rerouted the trace
+        (None without one). For caches that follow a routing policy's state (`virtual-set` follows
+        `virtual-experts`). Default: ignored (the engine skips the call for policies that do not override
+        it)."""
+
+    def on_step(self, rows: np.ndarray) -> None:
+        """Called once per step, before its look-ups, with the trace rows the step serves. Default: ignored
+        (the engine skips the call for policies that do not override it)."""
+
     # A policy that sizes itself: "all" = every expert of its partition, "none" = no cache at all.
     # None = the size comes from the options, or from the GPU memory left free.
     fixed_capacity: ClassVar[Literal["all", "none"] | None] = None
@@ -207,6 +217,32 @@ class PrecisionPolicy(Policy):
     def dequant_flops_per_param(self) -> float:
         """Extra GPU/CPU work per expert weight per kernel to dequantise it on the fly."""
         return 0.0
+
+    # ---- per-access bit-widths (nested / matryoshka precision). The engine uses these only for policies
+    # that override `slot_bits`; every other precision keeps one bit-width for all experts.
+    def slot_bits(self, experts: np.ndarray, gates: np.ndarray | None) -> np.ndarray | None:
+        """Bits each (token, layer, slot) of the trace needs (int array shaped like `experts`; ignored where
+        the expert is -1), or None: one precision for everything (`apply`)."""
+        return None
+
+    def levels(self) -> tuple[int, ...]:
+        """The nested bit-widths, ascending: an expert resident at one level holds every lower level."""
+        return ()
+
+    def copy_bytes(self, spec: Any, have_bits: int, need_bits: int) -> int:
+        """Bytes to copy to raise an expert from `have_bits` (0 = not resident) to `need_bits`."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def weight_bytes(self, spec: Any, bits: int) -> int:
+        """Bytes of one expert's weights read by a kernel computing at `bits` (its planes up to `bits`)."""
+        return self.copy_bytes(spec, 0, bits)
+
+    def io_order(self) -> Literal["hebf", "hottest", "sequential"]:
+        """How a layer's experts and copies are ordered: "hebf" (hottest-expert-bit-first: hottest expert
+        first, hits compute at once, the base planes of every missing expert are copied before the planes
+        above them), "hottest" (hottest first, one whole copy per miss) or "sequential" (routing order, one
+        whole copy per miss, as for one precision)."""
+        return "sequential"
 
 
 class RoutingPolicy(Policy):

@@ -1,10 +1,15 @@
 """HybriMoE's intra-layer CPU/GPU split: within a layer, cached experts run on the GPU; the missing ones are
 ordered by token count and dealt greedily, the GPU taking from the head (most tokens: worth the copy) and
-the CPU from the tail, whichever side would finish sooner, so both finish at about the same time."""
+the CPU from the tail, whichever side would finish sooner, so both finish at about the same time.
+
+The `hybrimoe` system combines it with the MRS score cache (`mrs`) and the impact-driven prefetch (`impact`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from pydantic import Field
 
 from simmoe.policies.base import Access, Options, PlacementPolicy, PolicySet, SystemPolicy
 
@@ -43,12 +48,15 @@ class HybridSplit(PlacementPolicy):
 class HybriMoEOptions(Options):
     slots_per_layer: int | None = None
     cache_gb: float | None = None
-    alpha: float = 0.5
+    alpha: float = 0.5  # MRS score weight
+    prefetch_layers: int = Field(2, ge=1, description="impact prefetch: next layers considered")
+    prefetch_budget: int = Field(4, ge=1, description="impact prefetch: experts per target layer at most")
+    prefetch_alpha: float = Field(0.1, gt=0.0, le=1.0, description="impact prefetch: newest step's weight")
 
 
 class HybriMoE(SystemPolicy):
     name = "hybrimoe"
-    summary = "HybriMoE: MRS score cache + intra-layer CPU/GPU split (its impact prefetch is not modelled yet)"
+    summary = "HybriMoE: MRS score cache + intra-layer CPU/GPU split + impact-driven prefetch"
     reference = "Zhong et al. DAC 2025, HybriMoE"
     Options = HybriMoEOptions
 
@@ -56,4 +64,7 @@ class HybriMoE(SystemPolicy):
     def expand(cls, options) -> PolicySet:
         cache_opts = {k: v for k, v in (("slots_per_layer", options.slots_per_layer),
                                          ("cache_gb", options.cache_gb)) if v is not None}
-        return PolicySet(cache="mrs", cache_options={**cache_opts, "alpha": options.alpha}, placement="hybrid-split")
+        return PolicySet(cache="mrs", cache_options={**cache_opts, "alpha": options.alpha}, placement="hybrid-split",
+                         prefetch="impact", prefetch_options={"layers": options.prefetch_layers,
+                                                              "budget": options.prefetch_budget,
+                                                              "alpha": options.prefetch_alpha})

@@ -1,0 +1,43 @@
+"""First-in-first-out eviction: the key inserted longest ago goes first; hits do not reorder.
+
+The cache behind SE-MoE's ring of memory sections (`se-moe`): whole layers are copied in, in layer order,
+and the layer copied in longest ago is the one that has just been computed, so FIFO evicts exactly the
+section the ring frees next. Plain LRU would not: the routed experts of the layer just computed are the most
+recently used keys, so LRU would evict the next layer's experts in their place.
+"""
+
+from __future__ import annotations
+
+from simmoe.policies.base import CacheOptions, CachePolicy
+
+
+class FIFO(CachePolicy):
+    name = "fifo"
+    summary = "first-in-first-out expert cache (evict the key inserted longest ago; hits do not reorder)"
+    reference = "classic FIFO (libCacheSim FIFO); the eviction order of SE-MoE's ring (Shen et al. 2022)"
+    Options = CacheOptions
+
+    def __init__(self, ctx, options) -> None:
+        super().__init__(ctx, options)
+        self._q: dict[int, None] = {}  # insertion order, oldest first
+
+    def find(self, key: int, t: int) -> bool:
+        return key in self._q
+
+    def insert(self, key: int, t: int) -> None:
+        self._q[key] = None
+
+    def to_evict(self, t: int) -> int:
+        return next(iter(self._q))
+
+    def evict(self, key: int) -> None:
+        del self._q[key]
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._q
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def keys(self) -> list[int]:
+        return list(self._q)
