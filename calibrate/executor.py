@@ -36,11 +36,11 @@ import pandas as pd
 from simmoe.calibrate import TORCH_DTYPES
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.replay import Replay
-from simmoe.engine.schedule import DECODE, PREFILL
+from simmoe.engine.schedule import DECODE
 from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile
 from simmoe.models.spec import ModelSpec
-from simmoe.policies.base import Access, PolicySet, StepView
+from simmoe.policies.base import Access, PolicySet
 from simmoe.trace.format import Trace
 
 STEP_COLUMNS = ("step", "kind", "tokens", "latency_us", "hits", "misses", "copies", "cpu_experts", "prefetches")
@@ -271,6 +271,7 @@ class OffloadedExecutor:
         parts, part_of, caps = cache.parts, cache.part_of_layer, cache.capacity
         bypass = rp.placer is not None and rp.placer.bypass_cache
         layer_wise = rp.placer is not None and getattr(rp.placer, "layer_wise", False)
+        claims = rp.r.cache_cls.claims_misses
         cpu_layers = {m for m, on in enumerate(getattr(rp, "layer_on_cpu", [])) if on}
         n = expert_numel(s)
         # Device expert buffers: one pool per partition (a layer's slots, or the global cache), or staging
@@ -357,17 +358,16 @@ class OffloadedExecutor:
             pos = rp.ri.position[rows]
             slots = np.array([kv_slot[r] for r in step.requests], dtype=np.int64)
             ctx = int(pos.max()) + 1
+            if rp._step_hook:  # caches that watch the step's rows (data-aware's prefill swaps)
+                for part in parts:
+                    part.on_step(rows)
             if rp._step_cache is not None:
                 ex_by_layer, tok_by_layer = rp._step_cache[i]
             else:
                 from simmoe.engine.schedule import step_experts
 
                 ex_by_layer, tok_by_layer = step_experts(experts, rows, E, rp.has_null)
-            view = None
-            if rp.prefetcher is not None:
-                view = StepView(i, "prefill" if step.kind == PREFILL else "decode", ex_by_layer, tok_by_layer,
-                                predicted_by_layer=rp._predicted(step),
-                                future_steps=rp._future if rp.prefetcher.reads_future else None)
+            view = rp.step_view(step, i, ex_by_layer, tok_by_layer) if rp.prefetcher is not None else None
             # Host-side routing of this step: token indices and gate weights per (layer, expert), uploaded in
             # one copy per step (frameworks compute them on the device; here they come from the trace).
             sub = experts[rows]  # [N, L, K]
@@ -452,15 +452,18 @@ class OffloadedExecutor:
                             cnt.prefetch_used += 1
                     else:
                         cnt.misses += 1
+                        claimed = False
                         if where_l is not None:
                             on_cpu = where_l[j] == "cpu"
+                        elif claims and not layer_bypass and cap and part.admit(key, t):
+                            on_cpu, claimed = False, True  # the cache keeps it, whatever the placement says
                         else:
                             on_cpu = layer_bypass or (rp.placer is not None
                                                       and rp.placer.place(Access(m, e, nt, t), rp.costs) == "cpu")
                         if on_cpu:
                             cpu_jobs.append(e)
                             continue
-                        cached = cap and (not rp._admit_hook or part.admit(key, t))
+                        cached = claimed or (cap and not claims and (not rp._admit_hook or part.admit(key, t)))
                         if cached:
                             slot, after = admit(p, key, t)
                             dep = st.copy_in(pools[p][slot], self.host[m][e], after)

@@ -72,7 +72,8 @@ def _sim(trace, hw, cfg: Config, batch: int):
 
 CONFIGS = ["resident", "ondemand", "lru:slots_per_layer=2", "lru:scope=global,slots_per_layer=3", "cpu-experts",
            "lru:slots_per_layer=3+prefetch=oracle", "lru:slots_per_layer=2+placement=n-cpu-moe:n=1",
-           "hybrimoe:slots_per_layer=3"]
+           "hybrimoe:slots_per_layer=3", "daop:slots_per_layer=2", "se-moe:slots_per_layer=2",
+           "swapmoe:slots=2"]
 
 
 @pytest.mark.parametrize("batch", [1, 3])

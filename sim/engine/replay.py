@@ -140,6 +140,11 @@ class Replay:
         self.cache = build_cache(self.r, self.plan, self.L, self.E, next_use, cpu_layers, keys)
         ctx = CacheContext(self.cache.total_slots, self.E, tuple(range(self.L)), next_use, keys)
         cls = self.r.cache_cls
+        pl = self.r.placement_cls
+        if cls.claims_misses and (pl is not None and pl.layer_wise or self._slot_bits is not None):
+            other = f"the layer-wise placement {pl.name}" if pl is not None and pl.layer_wise else "nested precision"
+            raise InputError("--policy", None, f"cache {cls.name} claims its misses before placement: it does "
+                             f"not combine with {other}")
         self._routing_hook = cls.on_routing is not CachePolicy.on_routing
         self._admit_hook = cls.admit is not CachePolicy.admit
         self._step_hook = cls.on_step is not CachePolicy.on_step
@@ -252,11 +257,7 @@ class Replay:
             ex_by_layer, tok_by_layer = self._step_cache[i]
         else:
             ex_by_layer, tok_by_layer = step_experts(self.trace.experts, step.rows, E, self.has_null)
-        view = None
-        if self.prefetcher is not None:
-            view = StepView(i, "prefill" if step.kind == PREFILL else "decode", ex_by_layer, tok_by_layer,
-                            predicted_by_layer=self._predicted(step),
-                            future_steps=self._future if self.prefetcher.reads_future else None)
+        view = self.step_view(step, i, ex_by_layer, tok_by_layer) if self.prefetcher is not None else None
 
         ka, kr, kpe, kd = (host.kernels_per_attention, host.kernels_per_router, host.kernels_per_expert,
                            host.kernels_per_dense_ffn)
@@ -275,6 +276,7 @@ class Replay:
         bypass = placer is not None and placer.bypass_cache
         layer_wise = placer is not None and placer.layer_wise
         routing_hook, admit_hook = self._routing_hook, self._admit_hook
+        claims, claimed = self.r.cache_cls.claims_misses, False
         layer_hits, layer_misses, layer_cpu = self.layer_hits, self.layer_misses, self.layer_cpu
         last_use, ready = st.last_use, st.ready
         staging = self.plan.staging // expert_bytes if self.plan.staging else 0
@@ -332,12 +334,15 @@ class Replay:
                     if where is not None:
                         on_cpu = where[j] == "cpu"
                         t = self._t_of[j]
+                    elif claims and not layer_bypass and cap and part.admit(key, t):
+                        on_cpu, claimed = False, True
                     else:
                         on_cpu = layer_bypass or (placer is not None and placer.place(Access(m, e, nt, t), costs) == "cpu")
                     if on_cpu:
                         cpu_jobs.append((e, nt))
                         continue
-                    cached = cap and (not admit_hook or part.admit(key, t))
+                    cached = claimed or (cap and not claims and (not admit_hook or part.admit(key, t)))
+                    claimed = False
                     if cached:
                         slot_free = self._admit(part, cap, p, key, t)
                     else:
@@ -640,6 +645,13 @@ class Replay:
             st.prefetches += 1
             st.copies += 1
             st.bytes_h2d += self.plan.expert_bytes
+
+    def step_view(self, step: Step, i: int, ex_by_layer, tok_by_layer) -> StepView:
+        """What the prefetcher sees of step i (the executor in calibrate/ builds it here too)."""
+        return StepView(i, "prefill" if step.kind == PREFILL else "decode", ex_by_layer, tok_by_layer,
+                        predicted_by_layer=self._predicted(step),
+                        future_steps=self._future if self.prefetcher.reads_future else None,
+                        extra={"costs": self.costs})  # cost-aware prefetchers (impact) weigh gains
 
     def _predicted(self, step: Step):
         pred = self.trace.predicted

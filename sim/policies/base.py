@@ -123,6 +123,10 @@ class CachePolicy(Policy):
         """Whether a missed key is cached; False = it is used from a staging buffer and not kept."""
         return True
 
+    # True: `admit` is asked before the placement policy, and an admitted miss is copied to the GPU and
+    # kept whatever the placement would say (a cache that decides its own swaps, e.g. DAOP's prefill swaps).
+    claims_misses: ClassVar[bool] = False
+
     def preload(self) -> Sequence[int]:
         """Keys resident before the first access (loaded at start-up, no copy counted). Default: cold."""
         return ()

@@ -24,8 +24,8 @@ How the hooks model it (`daop` system = this cache + `fiddler` placement):
   not give per-expert token counts. Without gates in the trace, every routed expert counts 1.
 - A step is treated as prefill when it serves more than one trace row (`on_step`): exact for batch 1, DAOP's
   setting; with batch > 1, multi-row decode steps would swap too. With prefill_chunk=1 no step swaps.
-- The engine places a miss before it admits it, so a chosen swap is skipped when the placement sends that
-  expert to the CPU (few tokens); DAOP swaps it regardless.
+- The cache `claims_misses`: the engine asks `admit` before the placement, so a chosen swap is copied in
+  even when the placement would send that expert to the CPU (few tokens), as DAOP does.
 - With free slots (no profile) the hottest missing experts fill them, `swaps` per layer step at most
   (DAOP always starts full).
 Not modelled: the predictive pre-calculation (from layer 5 on, the next layer's gate applied to the current
@@ -127,6 +127,8 @@ class DataAware(CachePolicy):
                 j += 1
             else:
                 break  # hot is descending, cold ascending: no later pair swaps either
+
+    claims_misses = True  # a chosen swap is copied in whatever fiddler would say
 
     def admit(self, key: int, t: int) -> bool:
         return key in self._swap_in
