@@ -35,7 +35,7 @@ import pandas as pd
 
 from simmoe.calibrate import TORCH_DTYPES
 from simmoe.engine.config import ReplayConfig
-from simmoe.engine.replay import Replay
+from simmoe.engine.replay import Replay, hits_first
 from simmoe.engine.schedule import DECODE
 from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile
@@ -422,7 +422,8 @@ class OffloadedExecutor:
                     part.on_routing(m, exps, rp._gate_scores(step, m, exps))
                 # Layer-wise placements look every expert of the layer up first, then split the misses.
                 where_l = rp._place_layer(part, m, exps, toks) if layer_wise and not layer_bypass else None
-                for j, (e, nt) in enumerate(zip(exps, toks)):
+                for j, (e, nt) in (enumerate(zip(exps, toks)) if where_l is None
+                                   else hits_first(where_l, exps, toks)):
                     key = base + e
                     dep = None
                     if where_l is not None:

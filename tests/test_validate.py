@@ -93,6 +93,16 @@ def test_executor_takes_the_simulators_decisions(executor, hw, text, batch):
     assert list(df["kind"]) == list(sim.steps["kind"])
 
 
+@pytest.mark.parametrize("text", ["hybrimoe:slots_per_layer=1", "lru:slots_per_layer=1+placement=hybrid-split"])
+def test_layer_wise_hits_run_before_misses_evict_them(executor, text):
+    # A layer-wise placement looks the whole layer up first; its hits run before its misses, so no miss
+    # overwrites a hit of the same layer before the hit's kernels read it (with the old in-order loop this
+    # trace had 3 and 12 such hits at batch 1 and 3 with one slot per layer).
+    for batch in (1, 3):
+        meas = executor.run(parse_config(text).pset, batch)
+        assert meas.counts["hits"] > 0 and meas.counts["evicted_before_use"] == 0
+
+
 def _reference_lru_hits(trace: Trace, slots: int) -> int:
     """A plain per-layer LRU over requests in order, rows in order, slots in order (batch 1)."""
     hits = 0

@@ -44,6 +44,14 @@ from simmoe.trace.format import Trace, read_trace
 NEVER = np.iinfo(np.int64).max
 
 
+def hits_first(where: list[str], exps, toks) -> list[tuple[int, tuple[int, int]]]:
+    """A layer-wise placement looked the whole layer up: run its hits before its misses (as HybriMoE runs
+    cached experts first), so that a miss evicting one of this layer's hits waits for that hit's kernels
+    instead of overwriting weights not yet used. Items as enumerate(zip(exps, toks)) gives them."""
+    order = [j for j, w in enumerate(where) if w == "hit"] + [j for j, w in enumerate(where) if w != "hit"]
+    return [(j, (exps[j], toks[j])) for j in order]
+
+
 def next_use_of(keys: np.ndarray) -> np.ndarray:
     """For each access t, the index of the next access to the same key (NEVER if none). Vectorised."""
     n = len(keys)
@@ -315,7 +323,7 @@ class Replay:
                 cpu_jobs = self._nested_layer(step, li, m, part, p, cap, exps, toks)
                 exps = ()  # all done: the loop below has nothing left to do
             where = self._place_layer(part, m, exps, toks) if layer_wise and not layer_bypass else None
-            for j, (e, nt) in enumerate(zip(exps, toks)):
+            for j, (e, nt) in enumerate(zip(exps, toks)) if where is None else hits_first(where, exps, toks):
                 key = base + e
                 if where is not None:  # looked up already by _place_layer
                     hit = where[j] == "hit"
