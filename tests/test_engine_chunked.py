@@ -279,3 +279,26 @@ def test_deepseek_stride_small_cache_chunking(deepseek):
     assert _tpot(deepseek, hw, 4.0)["tpot_ms"]["mean"] > fifo["tpot_ms"]["mean"]  # latency per chunk
     free = hw.model_copy(update={"pcie": hw.pcie.model_copy(update={"latency_us": 0.0})})
     assert _tpot(deepseek, free, 4.0)["tpot_ms"]["mean"] < _tpot(deepseek, free, None)["tpot_ms"]["mean"]
+
+
+def test_promoe_system_is_stride_with_chunks_and_matches_the_flag():
+    from simmoe.engine.setup import resolve
+
+    r = resolve(PolicySet("promoe", {"slots_per_layer": 4, "chunk_mb": 8}))
+    assert (r.pset.cache, r.pset.prefetch, r.prefetch_opts.distance, r.prefetch_opts.chunk_mb) == \
+        ("lru", "stride", 2, 8.0)
+    tr = random_trace(80, 4, 8, 2, requests=2, seed=3, prefill=4)
+    hw = load_profile("rtx3090")
+    sys_ = Replay(tr, hw, PolicySet("promoe", {"slots_per_layer": 2, "chunk_mb": 8}), ReplayConfig()).run()
+    flag = Replay(tr, hw, PolicySet("lru", {"slots_per_layer": 2}, prefetch="stride",
+                                    prefetch_options={"accuracy": 0.8}), ReplayConfig(prefetch_chunk_mb=8)).run()
+    fifo = Replay(tr, hw, PolicySet("lru", {"slots_per_layer": 2}, prefetch="stride",
+                                    prefetch_options={"accuracy": 0.8}), ReplayConfig()).run()
+    assert sys_.summary["prefetch_chunk_mb"] == 8.0 and fifo.summary["prefetch_chunk_mb"] is None
+    assert sys_.steps["latency_us"].equals(flag.steps["latency_us"])  # the option = the engine setting
+    assert sys_.summary["hits"] == fifo.summary["hits"]  # chunking moves time, not decisions
+    assert not sys_.steps["latency_us"].equals(fifo.steps["latency_us"])
+    # the replay setting overrides the policy's chunk size
+    over = Replay(tr, hw, PolicySet("promoe", {"slots_per_layer": 2, "chunk_mb": 8}),
+                  ReplayConfig(prefetch_chunk_mb=64)).run()
+    assert over.summary["prefetch_chunk_mb"] == 64

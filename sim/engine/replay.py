@@ -183,7 +183,10 @@ class Replay:
         self._prepare()
         env = simpy.Environment()
         hw = self.hw
-        chunked = self.cfg.prefetch_chunk_mb is not None  # preemptible prefetches need the chunked engine
+        self.chunk_mb = self.cfg.prefetch_chunk_mb
+        if self.chunk_mb is None and self.prefetcher is not None:
+            self.chunk_mb = self.prefetcher.chunk_mb()
+        chunked = self.chunk_mb is not None  # preemptible prefetches need the chunked engine
         if self.cfg.engine == "simpy":
             self.tl = SimpyTimeline(env, hw.host, hw.pcie.copy_engines, record=self.cfg.timeline_steps is not None,
                                     chunked=chunked)
@@ -632,7 +635,7 @@ class Replay:
         E = self.E
         nbytes = self.plan.expert_bytes
         copy_us = self.costs.h2d_us(nbytes)
-        chunk_mb = self.cfg.prefetch_chunk_mb
+        chunk_mb = self.chunk_mb
         kw = {}
         if chunk_mb is not None:  # ProMoE: chunks a demand copy can overtake; each chunk pays the PCIe latency
             n = max(math.ceil(nbytes / (chunk_mb * 2**20)), 1)

@@ -166,7 +166,7 @@ class Result:
             "batch": rp.cfg.batch,
             "host_memory": rp.cfg.host_memory,
             "copy_stream": rp.cfg.copy_stream,
-            "prefetch_chunk_mb": rp.cfg.prefetch_chunk_mb,  # None: prefetch copies are FIFO, not preemptible
+            "prefetch_chunk_mb": rp.chunk_mb,  # None: prefetch copies are FIFO, not preemptible
             "requests": int(len(rp.ri.ids)),
             "tokens": int(df["tokens"].sum()),
             "prefill_tokens": int(df["tokens"].sum()) - decode_tokens,

@@ -180,6 +180,12 @@ class PrefetchPolicy(Policy):
         """(layer, expert) pairs to copy ahead, in priority order, once `layer`'s routing is known."""
         raise NotImplementedError
 
+    def chunk_mb(self) -> float | None:
+        """Transfer granularity this prefetcher asks for: its copies as preemptible chunks of this many MiB
+        that a demand copy overtakes at a chunk boundary (ProMoE). None: whole, FIFO copies. The replay
+        setting `prefetch_chunk_mb`, when given, overrides it."""
+        return None
+
 
 class PlacementPolicy(Policy):
     kind: ClassVar[Kind] = "placement"

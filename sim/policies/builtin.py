@@ -26,7 +26,7 @@ from simmoe.policies.prefetch.next_layer import NextLayerPrefetch
 from simmoe.policies.prefetch.oracle import OraclePrefetch
 from simmoe.policies.prefetch.pregated import PregatedPrefetch, PregatedSystem
 from simmoe.policies.prefetch.ring import RingPrefetch, SeMoE
-from simmoe.policies.prefetch.stride import StridePrefetch
+from simmoe.policies.prefetch.stride import ProMoE, StridePrefetch
 from simmoe.policies.prefetch.successor import SuccessorPrefetch
 from simmoe.policies.routing.adaptive_k import AdaptiveK
 from simmoe.policies.routing.swapmoe import SwapMoE, VirtualExperts
@@ -39,3 +39,5 @@ POLICIES += (OraclePrefetch, NextLayerPrefetch, StridePrefetch, SuccessorPrefetc
 POLICIES += (VirtualExperts, VirtualSetCache, SwapMoE, Matryoshka, D2MoE)
 # SE-MoE ring of sections, DAOP, HybriMoE impact prefetch
 POLICIES += (FIFO, RingPrefetch, SeMoE, DataAware, Daop, ImpactPrefetch)
+# ProMoE: stride prefetch in preemptible chunks
+POLICIES += (ProMoE,)
