@@ -65,7 +65,7 @@ def sweep_cache_sizes(trace: Trace | str | Path, hw: HwProfile | str | Path,
     composed with a prefetcher, placement, ...). Each size is set as the cache option `size_option` (default
     slots_per_layer). `config` goes to ReplayConfig (batch, max_requests, ...). Columns: policy (the label),
     size, cache_slots, cache_frac (of all experts of all MoE layers), hit_rate, hits, misses, tpot_ms (mean),
-    tokens_per_s, bytes_h2d.
+    tokens_per_s, bytes_h2d, prefetches, prefetch_used.
     """
     import dataclasses
 
@@ -89,7 +89,8 @@ def sweep_cache_sizes(trace: Trace | str | Path, hw: HwProfile | str | Path,
             rows.append({"policy": name, "size": size, "cache_slots": s["cache_slots"],
                          "cache_frac": s["cache_slots"] / total, "hit_rate": s["hit_rate"], "hits": s["hits"],
                          "misses": s["misses"], "tpot_ms": s["tpot_ms"]["mean"],
-                         "tokens_per_s": s["tokens_per_s"], "bytes_h2d": s["bytes_h2d"]})
+                         "tokens_per_s": s["tokens_per_s"], "bytes_h2d": s["bytes_h2d"],
+                         "prefetches": s["prefetches"], "prefetch_used": s["prefetch_used"]})
     return pd.DataFrame(rows)
 
 
