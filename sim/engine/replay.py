@@ -39,7 +39,7 @@ from simmoe.engine.simpy_timeline import SimpyTimeline
 from simmoe.engine.timeline import D2H, H2D, ChunkedTimeline, Timeline
 from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile, load_profile
-from simmoe.policies.base import Access, CacheContext, CachePolicy, PolicySet, StepView
+from simmoe.policies.base import Access, CacheContext, CachePolicy, PolicySet, PrefetchPolicy, StepView
 from simmoe.trace.format import Trace, read_trace
 
 NEVER = np.iinfo(np.int64).max
@@ -161,6 +161,8 @@ class Replay(NestedPrecision):
             for part in self.cache.parts:
                 part.bind_routing(router)
         self.prefetcher = self.r.prefetch_cls(ctx, self.r.prefetch_opts) if self.r.prefetch_cls else None
+        if self.prefetcher is not None and type(self.prefetcher).bind_routing is not PrefetchPolicy.bind_routing:
+            self.prefetcher.bind_routing(router)
         self.moe_of = [-1] * spec.num_layers
         for m, li in enumerate(spec.moe_layers):
             self.moe_of[li] = m
@@ -495,7 +497,8 @@ class Replay(NestedPrecision):
         return StepView(i, "prefill" if step.kind == PREFILL else "decode", ex_by_layer, tok_by_layer,
                         predicted_by_layer=self._predicted(step),
                         future_steps=self._future if self.prefetcher.reads_future else None,
-                        extra={"costs": self.costs})  # cost-aware prefetchers (impact) weigh gains
+                        # the cost model for cost-aware prefetchers (impact); the trace rows the step serves
+                        extra={"costs": self.costs, "rows": step.rows})
 
     def _predicted(self, step: Step):
         pred = self.trace.predicted

@@ -180,6 +180,10 @@ class PrefetchPolicy(Policy):
         """(layer, expert) pairs to copy ahead, in priority order, once `layer`'s routing is known."""
         raise NotImplementedError
 
+    def bind_routing(self, router: RoutingPolicy | None) -> None:
+        """As CachePolicy.bind_routing: the run's routing policy instance (SwapMoE's loader follows its set).
+        Default: ignored (the engine skips the call for policies that do not override it)."""
+
     def chunk_mb(self) -> float | None:
         """Transfer granularity this prefetcher asks for: its copies as preemptible chunks of this many MiB
         that a demand copy overtakes at a chunk boundary (ProMoE). None: whole, FIFO copies. The replay

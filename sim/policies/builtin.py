@@ -26,6 +26,7 @@ from simmoe.policies.prefetch.next_layer import NextLayerPrefetch
 from simmoe.policies.prefetch.oracle import OraclePrefetch
 from simmoe.policies.prefetch.pregated import PregatedPrefetch, PregatedSystem
 from simmoe.policies.prefetch.ring import RingPrefetch, SeMoE
+from simmoe.policies.prefetch.set_loader import SetLoader
 from simmoe.policies.prefetch.stride import ProMoE, StridePrefetch
 from simmoe.policies.prefetch.successor import SuccessorPrefetch
 from simmoe.policies.routing.adaptive_k import AdaptiveK
@@ -41,3 +42,5 @@ POLICIES += (VirtualExperts, VirtualSetCache, SwapMoE, Matryoshka, D2MoE)
 POLICIES += (FIFO, RingPrefetch, SeMoE, DataAware, Daop, ImpactPrefetch)
 # ProMoE: stride prefetch in preemptible chunks
 POLICIES += (ProMoE,)
+# SwapMoE background loading
+POLICIES += (SetLoader,)

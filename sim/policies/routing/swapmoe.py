@@ -25,9 +25,13 @@ Copies: `entries` experts join the sets in all (fills and swaps). The `virtual-s
 (its victim is a resident expert outside the current rows' sets), so at one row per step every miss is the
 first use of an expert since it (re)joined its set: misses <= `loads` (tenures in which the expert served a
 token) <= `entries`; an expert that left stays resident until its slot is needed, so a quick return hits.
-The copies are made on that first use (the paper loads swapped-in experts asynchronously; add a prefetcher
-to overlap them). At batch > 1 a step's rows may belong to different periods: the cache keeps their union.
-The `swapmoe` system composes both.
+Without a prefetcher the copies are made on that first use. The paper loads swapped-in experts in the
+background: the `set-loader` prefetcher (on in the `swapmoe` system unless background=false) copies every
+expert that joins a later layer's set after layer 0's routing, so only layer 0 still misses; it loads joining
+experts whether or not they serve a token in their tenure, and its copies share the H2D engine with demand
+copies (on the bundled synthetic trace this costs more than it hides: see the golden test). At batch > 1 a
+step's rows may belong to different periods: the cache keeps their union. The `swapmoe` system composes the
+routing, the `virtual-set` cache and the loader.
 """
 
 from __future__ import annotations
@@ -224,6 +228,8 @@ class SwapMoEOptions(Options):
     slots: int = Field(8, ge=1, description="virtual experts per MoE layer = GPU cache slots per layer")
     update_every: int = Field(16, ge=1, description="tokens between updates of the virtual set")
     decay: float = Field(0.9, ge=0.0, lt=1.0, description="importance EMA decay per token")
+    background: bool = Field(True, description="load joining experts ahead of use (set-loader prefetch), "
+                                               "not on first use")
 
 
 class SwapMoE(SystemPolicy):
@@ -236,4 +242,5 @@ class SwapMoE(SystemPolicy):
     def expand(cls, options) -> PolicySet:
         ropts = {"slots": options.slots, "update_every": options.update_every, "decay": options.decay}
         return PolicySet(cache="virtual-set", cache_options={"slots_per_layer": options.slots},
-                         routing="virtual-experts", routing_options=ropts)
+                         routing="virtual-experts", routing_options=ropts,
+                         prefetch="set-loader" if options.background else None)
