@@ -107,6 +107,7 @@ class Timeline:
                 cat: str = "compute", wait: str = "copy") -> float:
         """Launch n equal kernels on the compute stream; the first waits for `after`. Returns the end."""
         L = self.host.launch_overhead_us
+        c = self.c  # the hottest function of a replay: locals over attribute chains
         h0 = self.h
         prev = self.gpu_free
         issue1 = h0 + L
@@ -114,18 +115,19 @@ class Timeline:
         if after is not None and after > start:
             start = after
             if after > prev and after > issue1:
-                self._stall(wait, after - max(prev, issue1))
+                self._stall(wait, after - (prev if prev > issue1 else issue1))
         if issue1 > prev:
-            self.c.stall_dispatch += min(issue1, start) - prev
-        end = start + n * each_us
+            c.stall_dispatch += (issue1 if issue1 < start else start) - prev
+        busy = n * each_us
+        end = start + busy
         if n > 1:
             e2 = h0 + 2 * L + (n - 1) * each_us
             e3 = h0 + n * L + each_us
             tail = e2 if e2 > e3 else e3
             if tail > end:
-                self.c.stall_dispatch += tail - end
+                c.stall_dispatch += tail - end
                 end = tail
-        self.c.gpu_busy += n * each_us
+        c.gpu_busy += busy
         self.gpu_free = end
         self.h = h0 + n * L
         if self.record:
