@@ -159,14 +159,21 @@ class Timeline:
         if on_compute and prev_gpu > start:
             start = prev_gpu
         end = start + us
-        if direction == H2D:
-            self.h2d_free = end
-            self.c.h2d_busy += us
-        else:
-            self.d2h_free = end
-            self.c.d2h_busy += us
         if shared:
             self.h2d_free = self.d2h_free = end
+        elif direction == H2D:
+            self.h2d_free = end
+        else:
+            self.d2h_free = end
+        return self._copy_done(direction, us, start, end, prev_gpu, on_compute, blocking, name)
+
+    def _copy_done(self, direction: str, us: float, start: float, end: float, prev_gpu: float,
+                   on_compute: bool, blocking: bool, name: str) -> float:
+        """The accounting every copy shares once its queue has placed it at [start, end)."""
+        if direction == H2D:
+            self.c.h2d_busy += us
+        else:
+            self.c.d2h_busy += us
         if on_compute:
             self.c.stall_copy += end - prev_gpu
             self.gpu_free = end
@@ -339,16 +346,4 @@ class ChunkedTimeline(Timeline):
         start = self._advance(r)
         end = start + us
         self._set_free(end)
-        if direction == H2D:
-            self.c.h2d_busy += us
-        else:
-            self.c.d2h_busy += us
-        if on_compute:
-            self.c.stall_copy += end - prev_gpu
-            self.gpu_free = end
-        if blocking:
-            self.h = end
-        if self.record:
-            self.events.append(Event(direction, name, "copy", start, end,
-                                     {"us": us, "on_compute_stream": on_compute, "blocking": blocking}))
-        return end
+        return self._copy_done(direction, us, start, end, prev_gpu, on_compute, blocking, name)

@@ -302,6 +302,13 @@ def _fmt_opts(opts: Mapping[str, Any]) -> str:
     return "(" + ",".join(f"{k}={v}" for k, v in sorted(opts.items())) + ")" if opts else ""
 
 
+def cache_size_options(options: Options, *extra: str) -> dict[str, Any]:
+    """The cache sizing a system's options carry (scope, slots_per_layer, cache_gb, plus `extra` names), for
+    its cache policy; unset (None) values are left out so that the cache's own defaults apply."""
+    names = {"scope", "slots_per_layer", "cache_gb", *extra}
+    return options.model_dump(include=names & set(type(options).model_fields), exclude_none=True)
+
+
 class SystemPolicy(Policy):
     """A named composition (e.g. a published system) that expands into a PolicySet."""
 

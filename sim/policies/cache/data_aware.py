@@ -43,7 +43,14 @@ import numpy as np
 from pydantic import Field
 
 from simmoe.errors import InputError
-from simmoe.policies.base import CacheOptions, CachePolicy, Options, PolicySet, SystemPolicy
+from simmoe.policies.base import (
+    CacheOptions,
+    CachePolicy,
+    Options,
+    PolicySet,
+    SystemPolicy,
+    cache_size_options,
+)
 from simmoe.policies.cache.static_popular import profile_counts
 
 
@@ -179,8 +186,7 @@ class Daop(SystemPolicy):
 
     @classmethod
     def expand(cls, options) -> PolicySet:
-        cache_opts = {k: getattr(options, k) for k in ("slots_per_layer", "cache_gb", "profile")
-                      if getattr(options, k) is not None}
+        cache_opts = cache_size_options(options, "profile")
         return PolicySet(cache="data-aware",
                          cache_options={**cache_opts, "swap_ratio": options.swap_ratio, "swaps": options.swaps},
                          placement="fiddler")

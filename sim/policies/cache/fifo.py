@@ -8,36 +8,17 @@ recently used keys, so LRU would evict the next layer's experts in their place.
 
 from __future__ import annotations
 
-from simmoe.policies.base import CacheOptions, CachePolicy
+from simmoe.policies.base import CacheOptions
+from simmoe.policies.cache.lru import LRU
 
 
-class FIFO(CachePolicy):
+class FIFO(LRU):
+    """LRU's ordered keys without the move to the end on a hit: the oldest insertion is the victim."""
+
     name = "fifo"
     summary = "first-in-first-out expert cache (evict the key inserted longest ago; hits do not reorder)"
     reference = "classic FIFO (libCacheSim FIFO); the eviction order of SE-MoE's ring (Shen et al. 2022)"
     Options = CacheOptions
 
-    def __init__(self, ctx, options) -> None:
-        super().__init__(ctx, options)
-        self._q: dict[int, None] = {}  # insertion order, oldest first
-
     def find(self, key: int, t: int) -> bool:
-        return key in self._q
-
-    def insert(self, key: int, t: int) -> None:
-        self._q[key] = None
-
-    def to_evict(self, t: int) -> int:
-        return next(iter(self._q))
-
-    def evict(self, key: int) -> None:
-        del self._q[key]
-
-    def __contains__(self, key: int) -> bool:
-        return key in self._q
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def keys(self) -> list[int]:
-        return list(self._q)
+        return key in self._od

@@ -7,14 +7,13 @@ it is LRU. See sim/policies/routing/swapmoe.py.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 
-from simmoe.policies.base import CacheOptions, CachePolicy
+from simmoe.policies.base import CacheOptions
+from simmoe.policies.cache.lru import LRU
 
 
-class VirtualSetCache(CachePolicy):
+class VirtualSetCache(LRU):
     name = "virtual-set"
     summary = "holds the current set of the virtual-experts routing (SwapMoE): evicts experts that left it"
     reference = ("Kong et al. ACL 2024, SwapMoE: Serving Off-the-shelf MoE-based Large Language Models with "
@@ -23,7 +22,6 @@ class VirtualSetCache(CachePolicy):
 
     def __init__(self, ctx, options) -> None:
         super().__init__(ctx, options)
-        self._od: OrderedDict[int, None] = OrderedDict()
         self._router = None
         self._rows: np.ndarray | None = None
 
@@ -33,16 +31,6 @@ class VirtualSetCache(CachePolicy):
 
     def on_step(self, rows: np.ndarray) -> None:
         self._rows = rows
-
-    def find(self, key: int, t: int) -> bool:
-        od = self._od
-        if key in od:
-            od.move_to_end(key)
-            return True
-        return False
-
-    def insert(self, key: int, t: int) -> None:
-        self._od[key] = None
 
     def to_evict(self, t: int) -> int:
         if self._router is not None and self._rows is not None:
@@ -55,16 +43,4 @@ class VirtualSetCache(CachePolicy):
                     inset = keep[m] = self._router.members(m, self._rows)
                 if key - m * E not in inset:
                     return key
-        return next(iter(self._od))
-
-    def evict(self, key: int) -> None:
-        del self._od[key]
-
-    def __contains__(self, key: int) -> bool:
-        return key in self._od
-
-    def __len__(self) -> int:
-        return len(self._od)
-
-    def keys(self) -> list[int]:
-        return list(self._od)
+        return super().to_evict(t)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from simmoe.policies.base import Access, Options, PlacementPolicy, PolicySet, SystemPolicy
+from simmoe.policies.base import Access, Options, PlacementPolicy, PolicySet, SystemPolicy, cache_size_options
 
 
 class HybridSplit(PlacementPolicy):
@@ -62,8 +62,7 @@ class HybriMoE(SystemPolicy):
 
     @classmethod
     def expand(cls, options) -> PolicySet:
-        cache_opts = {k: v for k, v in (("slots_per_layer", options.slots_per_layer),
-                                         ("cache_gb", options.cache_gb)) if v is not None}
+        cache_opts = cache_size_options(options)
         return PolicySet(cache="mrs", cache_options={**cache_opts, "alpha": options.alpha}, placement="hybrid-split",
                          prefetch="impact", prefetch_options={"layers": options.prefetch_layers,
                                                               "budget": options.prefetch_budget,

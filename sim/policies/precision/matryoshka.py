@@ -40,7 +40,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from simmoe.errors import InputError
-from simmoe.policies.base import Options, PolicySet, PrecisionPolicy, SystemPolicy
+from simmoe.policies.base import Options, PolicySet, PrecisionPolicy, SystemPolicy, cache_size_options
 
 REFERENCE = ("Wang et al. MobiCom 2025, D2MoE: Dual Routing and Dynamic Scheduling for Efficient On-Device "
              "MoE-based LLM Serving (arXiv 2504.15299)")
@@ -155,8 +155,7 @@ class D2MoE(SystemPolicy):
 
     @classmethod
     def expand(cls, options) -> PolicySet:
-        cache_opts = {k: v for k, v in (("slots_per_layer", options.slots_per_layer),
-                                         ("cache_gb", options.cache_gb)) if v is not None}
+        cache_opts = cache_size_options(options)
         prec = {"levels": list(options.levels), "bits_by_rank": list(options.bits_by_rank),
                 "io_order": options.io_order}
         return PolicySet(cache="lru", cache_options=cache_opts, precision="matryoshka",

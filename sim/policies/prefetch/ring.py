@@ -23,7 +23,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from simmoe.policies.base import Options, PolicySet, PrefetchPolicy, StepView, SystemPolicy
+from simmoe.policies.base import (
+    Options,
+    PolicySet,
+    PrefetchPolicy,
+    StepView,
+    SystemPolicy,
+    cache_size_options,
+)
 
 
 class RingOptions(Options):
@@ -61,8 +68,7 @@ class SeMoE(SystemPolicy):
 
     @classmethod
     def expand(cls, options) -> PolicySet:
-        cache_opts = {k: v for k, v in (("slots_per_layer", options.slots_per_layer),
-                                         ("cache_gb", options.cache_gb)) if v is not None}
+        cache_opts = cache_size_options(options)
         ring_opts = {"depth": options.sections} if options.sections is not None else {}
         return PolicySet(cache="fifo", cache_options={"scope": "global", **cache_opts},
                          prefetch="ring", prefetch_options=ring_opts)

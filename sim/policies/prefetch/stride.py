@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from simmoe.policies.base import CacheOptions, PolicySet, SystemPolicy
+from simmoe.policies.base import CacheOptions, PolicySet, SystemPolicy, cache_size_options
 from simmoe.policies.prefetch.next_layer import NextLayerOptions, NextLayerPrefetch
 
 
@@ -51,6 +51,5 @@ class ProMoE(SystemPolicy):
 
     @classmethod
     def expand(cls, options) -> PolicySet:
-        cache = options.model_dump(include={"scope", "slots_per_layer", "cache_gb"}, exclude_none=True)
-        return PolicySet(cache="lru", cache_options=cache, prefetch="stride",
+        return PolicySet(cache="lru", cache_options=cache_size_options(options), prefetch="stride",
                          prefetch_options={"accuracy": options.accuracy, "chunk_mb": options.chunk_mb})
