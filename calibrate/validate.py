@@ -41,7 +41,7 @@ class Config:
 
 
 def _parse_opts(text: str, source: str) -> dict[str, Any]:
-    from simmoe.cli.options import parse_kv
+    from simmoe.policies.config import parse_kv
 
     return parse_kv([t for t in text.split(",") if t], source) if text else {}
 

@@ -37,3 +37,15 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     with atomic_path(path) as tmp, open(tmp, mode) as f:
         yield f
+
+
+def check_output(path: str | None, flag: str) -> None:
+    """Fail before any work if an output cannot be written (nothing half-written afterwards)."""
+    if path is None:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(flag, str(p), f"output folder {str(parent)!r} does not exist")
+    if p.is_dir():
+        raise InputError(flag, str(p), "is a folder")

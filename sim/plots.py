@@ -468,8 +468,8 @@ def save(fig: Figure, path: str | Path, dpi: int = 110) -> None:
 
 def check_image_path(path: str | Path, flag: str) -> None:
     """Fail before any work if `path` cannot take a figure (folder missing, unknown image format)."""
-    from simmoe.cli.options import check_output
     from simmoe.errors import InputError
+    from simmoe.fileio import check_output
 
     check_output(str(path), flag)
     fmt = Path(path).suffix.lstrip(".").lower()

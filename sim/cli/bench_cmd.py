@@ -16,8 +16,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from simmoe.bench import run_bench
-    from simmoe.cli.options import check_output
-    from simmoe.fileio import atomic_open
+    from simmoe.fileio import atomic_open, check_output
 
     check_output(args.json, "--json")
     rows = run_bench(quick=args.quick)

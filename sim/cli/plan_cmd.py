@@ -54,8 +54,8 @@ def _slots(text: str | None) -> list[int | None] | None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from simmoe.cli.options import check_output
     from simmoe.errors import InputError
+    from simmoe.fileio import check_output
     from simmoe.plan import _csv, closest_infeasible, label, parse_slo, plan, plot, ranked
     from simmoe.sweep.store import check_out
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simmoe.cli.options import check_output, parse_kv
 from simmoe.errors import InputError
+from simmoe.fileio import check_output
+from simmoe.policies.config import parse_kv
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simmoe.cli.options import check_output
+    from simmoe.fileio import check_output
 
     check_output(args.out, "--out")
     try:

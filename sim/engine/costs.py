@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from simmoe.calibrate import compute_dtype
-from simmoe.calibrate import shape_key as _shape_key
+from simmoe.hw.kernel_keys import compute_dtype
+from simmoe.hw.kernel_keys import shape_key as _shape_key
 from simmoe.hw.profile import HwProfile, KernelTable
 from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
 

@@ -75,3 +75,23 @@ def policy_set(cli: dict[str, Any]) -> PolicySet:
         merged = {k: v for k, v in cli.items() if v}
         merged["cache"] = cache
     return PolicySet(**{k: v for k, v in merged.items() if v is not None})
+
+
+def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """['slots_per_layer=4', 'scope=layer'] -> {'slots_per_layer': 4, 'scope': 'layer'} (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(flag, item, "expected key=value")
+        if key in out:
+            raise InputError(flag, key, "given twice")
+        try:
+            val = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            val = raw
+        if isinstance(val, (dict, list)):
+            val = raw
+        out[key] = val
+    return out
