@@ -8,11 +8,13 @@ It runs a trace the way an eager offloading framework does, with real weights of
 - routed experts live in (pinned) host memory; a device expert cache of the size the simulator would give
   the configuration holds copies of some of them; a miss copies the expert on a second (copy) stream into the
   slot its victim frees, after the victim's last kernels are done, and the compute stream waits for the copy;
-- which expert is a hit, which slot is evicted, what is prefetched and what runs on the CPU is decided by the
-  simulator's own policy objects, built by the simulator's own set-up (`Replay._prepare`), called in the
-  simulator's access order (requests in id order, rows in order; per layer the step's experts in first-
-  appearance order; cold cache). Hit and miss counts therefore equal the simulator's exactly, and
-  `simmoe validate` checks that they do;
+- which expert is a hit, which buffer a miss is copied into, what is prefetched and what runs on the CPU is
+  decided by the simulator's own access planner (sim/engine/planner.py) over the simulator's own prepared
+  scenario (`prepare`): the executor only translates each layer's actions into real copies and kernels. It
+  counts what it executed (expert kernels run on cached weights, copies, CPU experts), and `simmoe validate`
+  checks those counts against the simulator's;
+- device buffers are touched before timing starts (no page faults in a buffer's first fill), and a first
+  short run warms the kernels and the allocator;
 - each step ends with the sampled token read back to the host (a device synchronisation), so the wall-clock
   time between step starts is the step's latency, as in the simulator.
 
@@ -33,14 +35,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simmoe.calibrate import TORCH_DTYPES
 from simmoe.engine.config import ReplayConfig
-from simmoe.engine.replay import Replay, hits_first
+from simmoe.engine.planner import FETCH, LOAD, RUN, AccessPlanner
+from simmoe.engine.scenario import Scenario, prepare
 from simmoe.engine.schedule import DECODE
 from simmoe.errors import InputError
+from simmoe.hw.kernel_keys import TORCH_DTYPES
 from simmoe.hw.profile import HwProfile
 from simmoe.models.spec import ModelSpec
-from simmoe.policies.base import Access, PolicySet
+from simmoe.policies.base import PolicySet
 from simmoe.trace.format import Trace
 
 STEP_COLUMNS = ("step", "kind", "tokens", "latency_us", "hits", "misses", "copies", "cpu_experts", "prefetches")
@@ -152,13 +155,14 @@ class ExecResult:
 
 @dataclass
 class _Counts:
+    """What the executor did: expert kernels on cached weights (hits), experts copied then run (misses on the
+    GPU), CPU experts, copies and prefetch copies issued."""
+
     hits: int = 0
     misses: int = 0
     copies: int = 0
     cpu_experts: int = 0
     prefetches: int = 0
-    prefetch_used: int = 0
-    evicted_before_use: int = 0
 
 
 # ---- the executor -----------------------------------------------------------------------------------------
@@ -243,11 +247,11 @@ class OffloadedExecutor:
     # ---- one configuration ---------------------------------------------------------------------------------
     def run(self, pset: PolicySet, batch: int = 1, *, label: str | None = None,
             max_steps: int | None = None, max_requests: int | None = None) -> ExecResult:
-        """Run the trace under `pset` at `batch`; returns per-step times and the cache decisions' counts."""
+        """Run the trace under `pset` at `batch`; returns per-step times and the counts of what was executed."""
         torch = self.torch
-        rp = Replay(self.trace, self.hw, pset, ReplayConfig(batch=batch, max_requests=max_requests))
-        rp._prepare()  # the simulator's schedule, memory plan, cache partitions, prefetcher and placer
-        if getattr(rp.r, "precision_cls", None) is not None:
+        # the simulator's schedule, memory plan, cache sizes and policies: what the planner decides over
+        sc = prepare(self.trace, self.hw, pset, ReplayConfig(batch=batch, max_requests=max_requests))
+        if sc.policies.precision_cls is not None:
             raise InputError(f"configuration {pset.describe()!r}", "precision", "the executor runs experts at "
                              "the model's own precision: precision policies cannot be validated")
         label = label or pset.describe()
@@ -255,73 +259,45 @@ class OffloadedExecutor:
         with torch.inference_mode():
             if key not in self._warm:  # first use of these shapes: cuBLAS handles, allocator, kernel choice
                 self._warm.add(key)
-                self._run(rp, max_steps=min(3, len(rp.steps)), record=False)
-                rp = Replay(self.trace, self.hw, pset, ReplayConfig(batch=batch, max_requests=max_requests))
-                rp._prepare()
-            df, counts = self._run(rp, max_steps=max_steps, record=True, label=label)
+                self._run(sc, max_steps=min(3, len(sc.steps)), record=False)
+            df, counts = self._run(sc, max_steps=max_steps, record=True, label=label)
         return ExecResult(label, batch, self.device, df, counts)
 
-    def _run(self, rp: Replay, *, max_steps: int | None, record: bool, label: str = "") -> tuple[pd.DataFrame, dict]:
+    def _run(self, sc: Scenario, *, max_steps: int | None, record: bool, label: str = "") -> tuple[pd.DataFrame, dict]:
         torch, s = self.torch, self.spec
         import torch.nn.functional as F
 
-        dev, E = self.device, s.num_experts
+        dev = self.device
         st = _Streams(torch, dev)
-        cache = rp.cache
-        parts, part_of, caps = cache.parts, cache.part_of_layer, cache.capacity
-        bypass = rp.placer is not None and rp.placer.bypass_cache
-        layer_wise = rp.placer is not None and getattr(rp.placer, "layer_wise", False)
-        claims = rp.r.cache_cls.claims_misses
-        cpu_layers = {m for m, on in enumerate(getattr(rp, "layer_on_cpu", [])) if on}
+        planner = AccessPlanner(sc)  # a fresh planner: a cold cache, as the simulator starts
         n = expert_numel(s)
-        # Device expert buffers: one pool per partition (a layer's slots, or the global cache), or staging
-        # buffers for policies without a cache.
-        pools = [torch.empty((c, n), dtype=self.edt, device=dev) if c else None for c in caps]
-        pool_w = [[_views(pool[i], s) for i in range(len(pool))] if pool is not None else [] for pool in pools]
-        nstage = rp.plan.staging // rp.plan.expert_bytes if rp.plan.staging else 0
-        stage = torch.empty((nstage, n), dtype=self.edt, device=dev) if nstage else None
-        stage_w = [_views(stage[i], s) for i in range(nstage)] if nstage else []
-        stage_free: list[Any] = [None] * nstage
-        stage_i = 0
-        spare = None
-        free_slots = [list(range(c))[::-1] for c in caps]
-        slot_of: dict[int, int] = {}
-        last_use: dict[int, Any] = {}
-        ready: dict[int, Any] = {}
-        prefetched: set[int] = set()
-        fill = list(rp._fill)
-        cnt = _Counts()
-        # Preloaded keys (resident): copied before timing starts, like a model loaded onto the GPU.
-        for p, part in enumerate(parts):
-            for k in part.keys():
-                slot = free_slots[p].pop()
-                slot_of[k] = slot
-                m, e = divmod(k, E)
-                pools[p][slot].copy_(self.host[m][e])
+        # One device buffer per cache slot of every partition, then the staging buffers of misses that are
+        # not kept: the planner's buffer numbers index it. Touched now, so no first fill pays page faults.
+        bufs = torch.zeros((planner.num_buffers, n), dtype=self.edt, device=dev)
+        buf_w = [_views(bufs[i], s) for i in range(planner.num_buffers)]
+        holds: list[int | None] = [None] * planner.num_buffers  # which expert key each buffer holds
+        ready: list[Any] = [None] * planner.num_buffers  # copy event that filled it
+        last: list[Any] = [None] * planner.num_buffers  # event after the kernels that last read it
+        E = sc.num_experts
+        for k, b in planner.preloaded:  # resident experts: copied before timing starts, like a loaded model
+            m, e = divmod(k, E)
+            bufs[b].copy_(self.host[m][e])
+            holds[b] = k
         st.sync()
+        cnt = _Counts()
 
-        def admit(p: int, key: int, t: int) -> tuple[int, Any]:
-            part = parts[p]
-            after = None
-            if fill[p] >= caps[p]:
-                victim = part.to_evict(t)
-                part.evict(victim)
-                slot = slot_of.pop(victim)
-                after = last_use.pop(victim, None)
-                if after is None:
-                    after = ready.get(victim)
-                ready.pop(victim, None)
-                prefetched.discard(victim)
-            else:
-                fill[p] += 1
-                slot = free_slots[p].pop()
-            part.insert(key, t)
-            slot_of[key] = slot
-            return slot, after
+        def load(b: int, m: int, e: int) -> Any:
+            """Copy expert (m, e) into buffer b once the kernels reading its old contents are done."""
+            free = last[b] if last[b] is not None else ready[b]
+            ready[b] = st.copy_in(bufs[b], self.host[m][e], free)
+            last[b] = None
+            holds[b] = m * E + e
+            cnt.copies += 1
+            return ready[b]
 
         # KV cache per layer: [batch slots, max request rows, ...]
-        max_len = int((rp.ri.stops - rp.ri.starts).max())
-        nslots = rp.cfg.batch
+        max_len = int((sc.ri.stops - sc.ri.starts).max())
+        nslots = sc.cfg.batch
         kv: list[Any] = []
         for _li in range(s.num_layers):
             if s.kv_lora_rank:
@@ -334,11 +310,11 @@ class OffloadedExecutor:
         kv_slot: dict[int, int] = {}
         kv_free = list(range(nslots))[::-1]
 
-        experts = rp.trace.experts
-        gates = rp.trace.gates
+        experts = sc.trace.experts
+        gates = sc.trace.gates
         K = experts.shape[2]
         rows_out: dict[str, list] = {c: [] for c in STEP_COLUMNS}
-        steps = rp.steps if max_steps is None else rp.steps[:max_steps]
+        steps = sc.steps if max_steps is None else sc.steps[:max_steps]
         bar = None
         if record and self.progress:
             from tqdm import tqdm
@@ -347,7 +323,6 @@ class OffloadedExecutor:
                        mininterval=0.5, dynamic_ncols=True)
         act = s.activation
         for i, step in enumerate(steps):
-            rp._cur_step = i
             rows = step.rows
             N = len(rows)
             decode = step.kind == DECODE
@@ -355,19 +330,10 @@ class OffloadedExecutor:
             for rid in step.requests:
                 if rid not in kv_slot:
                     kv_slot[rid] = kv_free.pop()
-            pos = rp.ri.position[rows]
+            pos = sc.ri.position[rows]
             slots = np.array([kv_slot[r] for r in step.requests], dtype=np.int64)
             ctx = int(pos.max()) + 1
-            if rp._step_hook:  # caches that watch the step's rows (data-aware's prefill swaps)
-                for part in parts:
-                    part.on_step(rows)
-            if rp._step_cache is not None:
-                ex_by_layer, tok_by_layer = rp._step_cache[i]
-            else:
-                from simmoe.engine.schedule import step_experts
-
-                ex_by_layer, tok_by_layer = step_experts(experts, rows, E, rp.has_null)
-            view = rp.step_view(step, i, ex_by_layer, tok_by_layer) if rp.prefetcher is not None else None
+            ex_by_layer, _ = planner.begin_step(step, i)
             # Host-side routing of this step: token indices and gate weights per (layer, expert), uploaded in
             # one copy per step (frameworks compute them on the device; here they come from the trace).
             sub = experts[rows]  # [N, L, K]
@@ -403,7 +369,7 @@ class OffloadedExecutor:
             for li in range(s.num_layers):
                 w = self.layers[li]
                 x = x + self._attention(F, w, kv[li], x, B, T, slot_t, pos_t, slot_b, ctx, mask)
-                m = rp.moe_of[li]
+                m = sc.moe_of[li]
                 hn = F.rms_norm(x, (s.d_model,), w["n2"])
                 if m < 0:
                     x = x + _ffn(F, act, hn, w["ffn"])
@@ -412,93 +378,30 @@ class OffloadedExecutor:
                 top = torch.topk(probs, s.top_k, dim=-1).indices
                 out = _ffn(F, act, hn, w["shared"]) if s.num_shared_experts else torch.zeros_like(hn)
                 top.cpu()  # routing to host: the synchronisation before experts can be fetched
-                exps, toks = ex_by_layer[m], tok_by_layer[m]
-                p = part_of[m]
-                part, cap = parts[p], caps[p]
-                base = m * E
-                cpu_jobs: list[int] = []
-                layer_bypass = bypass or (m in cpu_layers)
-                if rp._routing_hook and not layer_bypass:  # score caches (mrs) see the layer's routing first
-                    part.on_routing(m, exps, rp._gate_scores(step, m, exps))
-                # Layer-wise placements look every expert of the layer up first, then split the misses.
-                where_l = rp._place_layer(part, m, exps, toks) if layer_wise and not layer_bypass else None
-                for j, (e, nt) in (enumerate(zip(exps, toks)) if where_l is None
-                                   else hits_first(where_l, exps, toks)):
-                    key = base + e
-                    dep = None
-                    if where_l is not None:
-                        hit = where_l[j] == "hit"
-                        t = rp._t_of[j]
-                    else:
-                        t = rp.st.t
-                        rp.st.t = t + 1
-                        hit = not layer_bypass and part.find(key, t)
-                    if hit:
-                        cnt.hits += 1
-                        dep = ready.get(key)
-                        slot = slot_of.get(key)
-                        if slot is None:
-                            # A layer-wise placement looked the whole layer up, then one of its misses evicted
-                            # this hit before it ran: the simulator counts a hit; here the weights are gone,
-                            # so they come back through a spare buffer (an extra copy, counted apart).
-                            if spare is None:
-                                spare = torch.empty(n, dtype=self.edt, device=dev)
-                            dep = st.copy_in(spare, self.host[m][e], st.mark())
-                            wts = _views(spare, s)
-                            cnt.evicted_before_use += 1
-                        else:
-                            wts = pool_w[p][slot]
-                        if key in prefetched:
-                            prefetched.discard(key)
-                            cnt.prefetch_used += 1
-                    else:
+                ops, cpu_jobs, pre = planner.plan_layer(m)
+                for op in ops:  # the planner's actions, translated
+                    kind, b, _m, e = op[:4]
+                    if kind == LOAD:
+                        load(b, m, e)
                         cnt.misses += 1
-                        claimed = False
-                        if where_l is not None:
-                            on_cpu = where_l[j] == "cpu"
-                        elif claims and not layer_bypass and cap and part.admit(key, t):
-                            on_cpu, claimed = False, True  # the cache keeps it, whatever the placement says
-                        else:
-                            on_cpu = layer_bypass or (rp.placer is not None
-                                                      and rp.placer.place(Access(m, e, nt, t), rp.costs) == "cpu")
-                        if on_cpu:
-                            cpu_jobs.append(e)
-                            continue
-                        cached = claimed or (cap and not claims and (not rp._admit_hook or part.admit(key, t)))
-                        if cached:
-                            slot, after = admit(p, key, t)
-                            dep = st.copy_in(pools[p][slot], self.host[m][e], after)
-                            ready[key] = dep
-                            wts = pool_w[p][slot]
-                        else:
-                            si = stage_i
-                            dep = st.copy_in(stage[si], self.host[m][e], stage_free[si])
-                            wts = stage_w[si]
-                        cnt.copies += 1
-                    st.wait(dep)
-                    self._expert(F, act, hn, out, wts, where[(m, e)], ints, gvec)
-                    if hit or cached:
-                        last_use[key] = st.mark()
-                    else:
-                        stage_free[stage_i] = st.mark()
-                        stage_i = (stage_i + 1) % nstage
+                    elif kind == RUN:
+                        cnt.hits += 1
+                    elif kind == FETCH:
+                        raise InputError("executor", "precision", "bit-plane copies (nested precision) are not "
+                                         "executed")
+                    if holds[b] != m * E + e:  # the planner's promise: a buffer holds the expert a kernel reads
+                        raise RuntimeError(f"buffer {b} holds key {holds[b]}, layer {m} expert {e} expected")
+                    st.wait(ready[b])
+                    self._expert(F, act, hn, out, buf_w[b], where[(m, e)], ints, gvec)
+                    last[b] = st.mark()
                 if cpu_jobs:
-                    out = out + self._cpu_experts(F, act, hn, m, cpu_jobs, where, ints, gvec, N)
+                    out = out + self._cpu_experts(F, act, hn, m, [e for e, _ in cpu_jobs], where, ints, gvec, N)
                     cnt.cpu_experts += len(cpu_jobs)
+                    cnt.misses += len(cpu_jobs)
                 x = x + out  # combine
-                if rp.prefetcher is not None:
-                    for layer, e in rp.prefetcher.propose(view, m):
-                        if not (0 <= layer < rp.L and 0 <= e < E):
-                            continue
-                        pp = part_of[layer]
-                        key = layer * E + e
-                        if not caps[pp] or key in parts[pp]:
-                            continue
-                        slot, after = admit(pp, key, -1)
-                        ready[key] = st.copy_in(pools[pp][slot], self.host[layer][e], after)
-                        prefetched.add(key)
-                        cnt.prefetches += 1
-                        cnt.copies += 1
+                for _, b, layer, e, _nbytes in pre:
+                    load(b, layer, e)
+                    cnt.prefetches += 1
             hl = F.rms_norm(x.view(B, T, -1)[:, -1], (s.d_model,), self.norm_f)
             torch.argmax(F.linear(hl, self.lm_head), dim=-1).cpu()  # token to host
             st.sync()
@@ -520,9 +423,8 @@ class OffloadedExecutor:
             if len(df):
                 df[c] = df[c].diff().fillna(df[c]).astype(np.int64)
         counts = {"hits": cnt.hits, "misses": cnt.misses, "copies": cnt.copies, "cpu_experts": cnt.cpu_experts,
-                  "prefetches": cnt.prefetches, "prefetch_used": cnt.prefetch_used,
-                  "evicted_before_use": cnt.evicted_before_use,
-                  "cache_slots": int(cache.total_slots)}
+                  "prefetches": cnt.prefetches, "prefetch_used": planner.c.prefetch_used,
+                  "cache_slots": int(sc.cache.total_slots)}
         return df, counts
 
     # ---- pieces of a step ----------------------------------------------------------------------------------

@@ -259,10 +259,6 @@ def run_validation(
                               "simulated_hits": sdf["hits"].to_numpy()[: len(mdf)],
                               "simulated_misses": sdf["misses"].to_numpy()[: len(mdf)]})
             frames.append(f)
-            if meas.counts.get("evicted_before_use"):
-                rep.notes.append(f"{cfg.label} batch {b}: {meas.counts['evicted_before_use']} experts found as hits "
-                                 "were evicted by a miss of the same layer before they ran (the executor copied "
-                                 "them again; the simulator does not model that copy)")
     rep.steps = pd.concat(frames, ignore_index=True) if frames else None
     return rep
 

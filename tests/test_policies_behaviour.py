@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import random_trace
 
-from simmoe.engine.replay import next_use_of, replay
+from simmoe.engine.replay import replay
+from simmoe.engine.scenario import next_use_of
 from simmoe.errors import InputError
 from simmoe.policies.base import CacheContext, parse_options
 from simmoe.policies.registry import get_policy

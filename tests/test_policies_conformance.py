@@ -11,7 +11,7 @@ from conftest import random_trace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simmoe.engine.replay import next_use_of
+from simmoe.engine.scenario import next_use_of
 from simmoe.errors import InputError
 from simmoe.policies.base import CacheContext, CachePolicy, parse_options
 from simmoe.policies.registry import all_policies

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import random_trace
 
-from simmoe.engine.replay import NEVER, next_use_of, replay
+from simmoe.engine.replay import replay
+from simmoe.engine.scenario import NEVER, next_use_of
 from simmoe.policies.base import CacheContext, CacheOptions
 
 lcs = pytest.importorskip("libcachesim")

@@ -194,10 +194,10 @@ def impact(L=4, E=8, **opts):
     return cls(CacheContext(L * E, E, tuple(range(L))), parse_options(cls.Options, opts, "impact"))
 
 
-def view_of(experts_by_layer, predicted=None, **extra):
+def view_of(experts_by_layer, predicted=None, costs=None):
     ex = [np.asarray(x) for x in experts_by_layer]
     return StepView(0, "decode", ex, [np.ones(len(x), np.int64) for x in ex], predicted_by_layer=predicted,
-                    extra=extra)
+                    costs=costs)
 
 
 def test_impact_prefetches_what_is_likely_enough_to_pay_for_a_wasted_copy():

@@ -97,10 +97,25 @@ def test_executor_takes_the_simulators_decisions(executor, hw, text, batch):
 def test_layer_wise_hits_run_before_misses_evict_them(executor, text):
     # A layer-wise placement looks the whole layer up first; its hits run before its misses, so no miss
     # overwrites a hit of the same layer before the hit's kernels read it (with the old in-order loop this
-    # trace had 3 and 12 such hits at batch 1 and 3 with one slot per layer).
+    # trace had 3 and 12 such hits at batch 1 and 3 with one slot per layer). The executor checks, for every
+    # kernel, that its buffer holds the expert the planner says (and raises otherwise).
     for batch in (1, 3):
         meas = executor.run(parse_config(text).pset, batch)
-        assert meas.counts["hits"] > 0 and meas.counts["evicted_before_use"] == 0
+        assert meas.counts["hits"] > 0
+
+
+def test_executor_refuses_a_plan_that_reads_the_wrong_weights(executor, monkeypatch):
+    from simmoe.engine.planner import RUN, AccessPlanner
+
+    real = AccessPlanner.plan_layer
+
+    def wrong(self, m):  # every hit reads buffer 0, whatever it holds
+        ops, cpu, pre = real(self, m)
+        return [(RUN, 0, *op[2:]) if op[0] == RUN else op for op in ops], cpu, pre
+
+    monkeypatch.setattr(AccessPlanner, "plan_layer", wrong)
+    with pytest.raises(RuntimeError, match="buffer 0 holds"):
+        executor.run(parse_config("lru:slots_per_layer=4").pset, 1)
 
 
 def _reference_lru_hits(trace: Trace, slots: int) -> int:

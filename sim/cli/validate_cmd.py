@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         write_report,
     )
     from simmoe.engine.config import ReplayConfig
-    from simmoe.engine.replay import Replay
+    from simmoe.engine.scenario import prepare
     from simmoe.hw.profile import load_profile
 
     # Everything the user gave is checked before the (long) measurement starts.
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     for c in configs:
         try:
             for b in batches:  # sizes the cache as the simulator will: a configuration that cannot fit fails here
-                Replay(trace, hw, c.pset, ReplayConfig(batch=b, max_requests=args.max_requests))._prepare()
+                prepare(trace, hw, c.pset, ReplayConfig(batch=b, max_requests=args.max_requests))
             kept.append(c)
         except InputError as e:
             if explicit:

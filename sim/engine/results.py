@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from simmoe.engine.schedule import DECODE
+from simmoe.engine.config import ReplayConfig
+from simmoe.engine.memory import MemoryPlan
+from simmoe.engine.planner import PlanCounts
+from simmoe.engine.schedule import DECODE, RowIndex
 from simmoe.engine.timeline import Counters
-
-if TYPE_CHECKING:  # pragma: no cover
-    from simmoe.engine.replay import Replay
 
 STEP_COLUMNS = (
     "step", "kind", "tokens", "start_us", "end_us", "latency_us", "hits", "misses", "cpu_experts", "copies",
@@ -81,6 +81,27 @@ class StepLog:
         return pd.DataFrame(self.cols)
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What a finished run hands to `Result.build`: plain values, no engine objects."""
+
+    trace: str  # the trace's source
+    model: str
+    hw: str
+    policy: str
+    cfg: ReplayConfig
+    chunk_mb: float | None  # prefetch copies as preemptible chunks of this many MiB (None: FIFO)
+    ri: RowIndex
+    arrival_us: np.ndarray
+    online: bool
+    routing_fidelity: float
+    activations: int  # non -1 expert slots of the trace as served
+    memory: MemoryPlan
+    counts: PlanCounts
+    log: StepLog
+    events: list
+
+
 def _is_last_prefill(step, ri) -> bool:
     row = int(step.rows[-1])
     r = np.searchsorted(ri.starts, row, side="right") - 1  # starts are in id order, not row order
@@ -89,17 +110,17 @@ def _is_last_prefill(step, ri) -> bool:
     return row == ri.starts[r] + ri.prefill_len[r] - 1
 
 
-def _serving_metrics(rp: Replay, log: StepLog, makespan_us: float) -> dict[str, Any]:
+def _serving_metrics(rec: RunRecord, log: StepLog, makespan_us: float) -> dict[str, Any]:
     """Per-request latencies from arrival (TTFT, queueing, end to end), SLO attainment and goodput.
     In a closed-loop replay every request arrives at t=0 and TTFT is counted from admission instead."""
-    cfg = rp.cfg
-    arrival = dict(zip(rp.ri.ids.tolist(), rp.arrival_us.tolist()))
+    cfg = rec.cfg
+    arrival = dict(zip(rec.ri.ids.tolist(), rec.arrival_us.tolist()))
     done = [r for r in log.first_token if r in log.admit]
-    since = arrival if rp.online else log.admit
+    since = arrival if rec.online else log.admit
     ttft = np.array([log.first_token[r] - since[r] for r in done])
     queue = np.array([log.admit[r] - arrival[r] for r in done])
     e2e = np.array([log.last_token[r] - arrival[r] for r in done])
-    ndec = {int(rid): int(n) for rid, n in zip(rp.ri.ids, rp.ri.stops - rp.ri.starts - rp.ri.prefill_len)}
+    ndec = {int(rid): int(n) for rid, n in zip(rec.ri.ids, rec.ri.stops - rec.ri.starts - rec.ri.prefill_len)}
     tpot = np.array([(log.last_token[r] - log.first_token[r]) / (ndec[r] - 1) if ndec.get(r, 0) > 1 else 0.0
                      for r in done])
     out: dict[str, Any] = {
@@ -141,43 +162,42 @@ class Result:
     layers: pd.DataFrame | None = None  # per MoE layer: hits, misses, cpu_experts
 
     @classmethod
-    def build(cls, rp: Replay, wall_s: float) -> Result:
-        log, st, tr = rp.log, rp.st, rp.trace
+    def build(cls, rec: RunRecord, wall_s: float) -> Result:
+        log, st, cfg = rec.log, rec.counts, rec.cfg
         df = log.frame()
         makespan_us = float(df["end_us"].iloc[-1]) if len(df) else 0.0
         dec = df[df["kind"] == "decode"]
         decode_tokens = int(dec["tokens"].sum())
         accesses = st.hits + st.misses
-        activations = int((tr.experts >= 0).sum())
-        serving = _serving_metrics(rp, log, makespan_us)
+        serving = _serving_metrics(rec, log, makespan_us)
         ttft = serving.pop("_ttft_us")
         busy = lambda col: float(df[col].sum()) / makespan_us if makespan_us else 0.0  # noqa: E731
-        fast = rp.cfg.engine == "fast"
-        plan = rp.plan
+        fast = cfg.engine == "fast"
+        plan = rec.memory
         peak_mem = plan.fixed - plan.kv_reserved + int(df["kv_bytes"].max() if len(df) else 0) \
             + st.peak_occupancy * plan.expert_bytes
         stall = {k: (float(df[f"stall_{k}_us"].sum()) / 1e3 if fast else None) for k in ("copy", "dispatch", "cpu")}
         summary: dict[str, Any] = {
-            "trace": tr.source,
-            "model": rp.spec.name,
-            "hw": rp.hw_name,
-            "policy": rp.r.pset.describe(),
-            "engine": rp.cfg.engine,
-            "batch": rp.cfg.batch,
-            "host_memory": rp.cfg.host_memory,
-            "copy_stream": rp.cfg.copy_stream,
-            "prefetch_chunk_mb": rp.chunk_mb,  # None: prefetch copies are FIFO, not preemptible
-            "requests": int(len(rp.ri.ids)),
+            "trace": rec.trace,
+            "model": rec.model,
+            "hw": rec.hw,
+            "policy": rec.policy,
+            "engine": cfg.engine,
+            "batch": cfg.batch,
+            "host_memory": cfg.host_memory,
+            "copy_stream": cfg.copy_stream,
+            "prefetch_chunk_mb": rec.chunk_mb,  # None: prefetch copies are FIFO, not preemptible
+            "requests": int(len(rec.ri.ids)),
             "tokens": int(df["tokens"].sum()),
             "prefill_tokens": int(df["tokens"].sum()) - decode_tokens,
             "decode_tokens": decode_tokens,
             "steps": int(len(df)),
-            "activations": activations,
+            "activations": rec.activations,
             "accesses": accesses,
             "hits": st.hits,
             "misses": st.misses,
             "hit_rate": st.hits / accesses if accesses else 0.0,
-            "routing_fidelity": rp.routing_fidelity,
+            "routing_fidelity": rec.routing_fidelity,
             "expert_bytes": plan.expert_bytes,
             "cpu_experts": st.cpu_experts,
             "copies": st.copies,
@@ -200,9 +220,10 @@ class Result:
             "gpu_mem_usable_bytes": plan.usable,
             "wall_s": wall_s,
         }
-        layers = pd.DataFrame({"layer": np.arange(rp.L), "hits": rp.layer_hits, "misses": rp.layer_misses,
-                               "cpu_experts": rp.layer_cpu})
-        return cls(summary, df, list(getattr(rp.tl, "events", [])), plan.as_dict(), layers)
+        L = len(st.layer_hits)
+        layers = pd.DataFrame({"layer": np.arange(L), "hits": st.layer_hits, "misses": st.layer_misses,
+                               "cpu_experts": st.layer_cpu})
+        return cls(summary, df, list(rec.events), plan.as_dict(), layers)
 
     def to_json(self) -> str:
         return json.dumps(_clean(self.summary), indent=2, sort_keys=False)

@@ -80,22 +80,22 @@ def needs_staging(r: Resolved) -> bool:
     return isinstance(o, CacheOptions) and (o.slots_per_layer == 0 or o.cache_gb == 0)
 
 
-@dataclass
-class CacheLayout:
-    """Partitions of the expert cache: one per MoE layer (scope=layer) or one in all (scope=global)."""
+@dataclass(frozen=True)
+class CacheSizing:
+    """How the expert cache is partitioned and sized: one partition per MoE layer (scope=layer) or one in all
+    (scope=global). `capacity[p]` is partition p's slots; `part_of_layer[m]` the partition of MoE layer m."""
 
-    parts: list[CachePolicy]
-    part_of_layer: list[int]
-    capacity: list[int]
-    total_slots: int
     scope: str
+    capacity: tuple[int, ...]
+    part_of_layer: tuple[int, ...]
+    layers_of_part: tuple[tuple[int, ...], ...]
+    total_slots: int
 
 
-def build_cache(r: Resolved, plan: MemoryPlan, num_layers: int, num_experts: int,
-                next_use: np.ndarray | None, cpu_layers: frozenset[int] = frozenset(),
-                access_keys: np.ndarray | None = None) -> CacheLayout:
-    """Size and build the cache partitions. Layers in `cpu_layers` (placement keeps their experts on the
-    CPU) get no slots; the GPU room goes to the other layers."""
+def size_cache(r: Resolved, plan: MemoryPlan, num_layers: int, num_experts: int,
+               cpu_layers: frozenset[int] = frozenset()) -> CacheSizing:
+    """Size the cache partitions in the memory `plan` leaves free. Layers in `cpu_layers` (placement keeps
+    their experts on the CPU) get no slots; the GPU room goes to the other layers."""
     cls, opts = r.cache_cls, r.cache_opts
     is_sized = isinstance(opts, CacheOptions)
     scope = opts.scope if is_sized else "layer"
@@ -130,18 +130,18 @@ def build_cache(r: Resolved, plan: MemoryPlan, num_layers: int, num_experts: int
             total = per * gpu_layers
         else:
             per = total
-    plan.cache_slots = total
-    if scope == "layer":
-        caps = [0 if m in cpu_layers else per for m in range(num_layers)]
-        parts = [cls(CacheContext(caps[m], num_experts, (m,), next_use, access_keys), opts)
-                 for m in range(num_layers)]
-        part_of = list(range(num_layers))
-    else:
-        layers = tuple(m for m in range(num_layers) if m not in cpu_layers)
-        parts = [cls(CacheContext(per, num_experts, layers, next_use, access_keys), opts)]
-        part_of = [0] * num_layers
-        caps = [per]
     if total == 0 and not bypass and plan.staging == 0 and gpu_layers:
         raise InputError(src, None, "no GPU memory is left for even one expert after dense weights, KV cache "
                          "and activations")
-    return CacheLayout(parts, part_of, caps, total, scope)
+    if scope == "layer":
+        caps = tuple(0 if m in cpu_layers else per for m in range(num_layers))
+        return CacheSizing(scope, caps, tuple(range(num_layers)), tuple((m,) for m in range(num_layers)), total)
+    layers = tuple(m for m in range(num_layers) if m not in cpu_layers)
+    return CacheSizing(scope, (per,), (0,) * num_layers, (layers,), total)
+
+
+def make_partitions(r: Resolved, sizing: CacheSizing, num_experts: int, next_use: np.ndarray | None,
+                    access_keys: np.ndarray | None) -> list[CachePolicy]:
+    """Fresh cache-policy instances, one per partition (each run starts cold)."""
+    return [r.cache_cls(CacheContext(cap, num_experts, layers, next_use, access_keys), r.cache_opts)
+            for cap, layers in zip(sizing.capacity, sizing.layers_of_part)]

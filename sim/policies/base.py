@@ -50,7 +50,13 @@ def parse_options(cls: type[Options], raw: Mapping[str, Any], policy: str) -> Op
 
 
 class Policy:
-    """Base of every policy: a name, a kind, a one-line summary, typed options."""
+    """Base of every policy: a name, a kind, a one-line summary, typed options.
+
+    Optional hooks (a cache's `on_routing`, `admit`, `on_step`, `bind_routing`; a prefetcher's
+    `bind_routing`) have no-op defaults; the planner calls one only when `overrides(hook)` says the class
+    defines its own, so that policies without it pay nothing in the per-access loop (and gate scores are
+    computed only for caches that read them).
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[Kind]
@@ -58,6 +64,12 @@ class Policy:
     reference: ClassVar[str] = ""  # the paper or system the policy models
     reads_future: ClassVar[bool] = False
     Options: ClassVar[type[Options]] = Options
+
+    @classmethod
+    def overrides(cls, hook: str) -> bool:
+        """Whether this class (or a base between it and the interface that declares `hook`) redefines it."""
+        interface = next(b for b in reversed(cls.__mro__) if hook in b.__dict__)
+        return getattr(cls, hook) is not getattr(interface, hook)
 
     @classmethod
     def reads_future_for(cls, options: Options) -> bool:
@@ -166,7 +178,8 @@ class StepView:
     tokens_by_layer: list[np.ndarray]
     predicted_by_layer: list[np.ndarray] | None = None  # trace.predicted, union over the step's tokens
     future_steps: Any = None  # oracles only: callable(step_offset) -> StepView or None
-    extra: dict[str, Any] = field(default_factory=dict)
+    rows: np.ndarray | None = None  # the trace rows the step serves (SwapMoE's set loader follows their sets)
+    costs: Any = None  # the engine's cost model (cost-aware prefetchers: impact); None outside the engine
 
 
 class PrefetchPolicy(Policy):

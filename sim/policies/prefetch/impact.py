@@ -22,7 +22,7 @@ costs, per candidate expert e of a target layer:
 - saving(n): a miss would run where the hybrid schedule puts it, the CPU (cpu(n)) or the GPU after a copy;
   a prefetched expert runs on the GPU (gpu(n)). A prefetch that is not used wastes `copy` of PCIe time
   (demand copies queue behind it). Costs come from the engine's cost model when the engine puts it in
-  `view.extra["costs"]`, else from HybriMoE's own constants (ms: CPU 0.79 + 1.0 x tokens, GPU 0.5, copy
+  `view.costs`, else from HybriMoE's own constants (ms: CPU 0.79 + 1.0 x tokens, GPU 0.5, copy
   0.418), under which saving = copy for any n >= 1, so an expert is prefetched when P > 0.5.
 
 Each target layer contributes its top `budget` experts with impact > 0; all proposals are ordered by impact
@@ -97,7 +97,7 @@ class ImpactPrefetch(PrefetchPolicy):
         return p * saving - (1.0 - p) * self.copy_us()
 
     def propose(self, view: StepView, layer: int):
-        costs = view.extra.get("costs")
+        costs = view.costs
         if costs is not self._costs:
             self._costs, self._saving = costs, {}
         self._observe(layer, view.experts_by_layer[layer], view.tokens_by_layer[layer])

@@ -31,7 +31,7 @@ class SetLoader(PrefetchPolicy):
         self._router = router if getattr(router, "version", None) is not None else None
 
     def propose(self, view: StepView, layer: int) -> list[tuple[int, int]]:
-        rows = view.extra.get("rows")
+        rows = view.rows
         if self._router is None or rows is None:
             return []
         L = len(view.experts_by_layer)
