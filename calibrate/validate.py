@@ -1,7 +1,8 @@
 """`simmoe validate`: run the real offloaded executor and the simulator on the same trace, configurations and
 profile, and report how far the simulation is from the measurement.
 
-Configurations are written `POLICY[:k=v,...][+prefetch=NAME[:k=v,...]][+placement=NAME[:k=v,...]]`, e.g.
+Configurations are written `POLICY[:k=v,...][+KIND=NAME[:k=v,...]]...` with KIND prefetch, placement, precision
+or routing, e.g.
 `resident`, `ondemand`, `lru:slots_per_layer=4`, `cpu-experts`, `lru:slots_per_layer=4+prefetch=oracle`.
 
 What is compared, per (configuration, batch): the decode steps' latencies (one decode step = one token of
@@ -31,6 +32,7 @@ from simmoe.policies.base import PolicySet
 from simmoe.trace.format import Trace, read_trace, validate
 
 COUNT_KEYS = ("hits", "misses", "copies", "cpu_experts", "prefetches")
+KINDS = ("prefetch", "placement", "precision", "routing")  # the kinds a configuration may add after '+'
 
 
 # ---- configurations -----------------------------------------------------------------------------------------
@@ -58,9 +60,9 @@ def parse_config(text: str) -> Config:
     kw: dict[str, Any] = {"cache": cache, "cache_options": _parse_opts(copts, src)}
     for p in parts[1:]:
         kind, eq, rest = p.partition("=")
-        if not eq or kind not in ("prefetch", "placement") or not rest:
-            raise InputError(src, p or None, "expected prefetch=NAME[:k=v,...] or placement=NAME[:k=v,...] "
-                             "after '+'")
+        if not eq or kind not in KINDS or not rest:
+            raise InputError(src, p or None, f"expected KIND=NAME[:k=v,...] after '+', KIND one of "
+                             f"{', '.join(KINDS)}")
         if kind in kw:
             raise InputError(src, kind, "given twice")
         name, _, opts = rest.partition(":")

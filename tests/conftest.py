@@ -92,3 +92,22 @@ def random_trace(rows: int, layers: int, experts: int, k: int, requests: int = 1
         validate(tr)
         return tr
     return make_trace(ex, req, ph, model=model, **kw)
+
+
+def plan_run(trace, pset, hw: str = "a100-80gb-sxm", order: str = "appearance", lookup: str = "at-use", **cfg):
+    """Drive the access planner over a whole run, as the engine and the executor do (no timing). Returns the
+    planner and one record per (step, MoE layer): (step index, layer, actions, CPU experts, prefetches)."""
+    from simmoe.engine.config import ReplayConfig
+    from simmoe.engine.planner import AccessPlanner
+    from simmoe.engine.scenario import prepare
+    from simmoe.hw.profile import load_profile
+
+    sc = prepare(trace, load_profile(hw), pset, ReplayConfig(**cfg))
+    planner = AccessPlanner(sc, order=order, lookup=lookup)
+    out = []
+    for i, step in enumerate(sc.steps):
+        planner.begin_step(step, i)
+        for m in range(sc.num_layers):
+            ops, cpu, pre = planner.plan_layer(m)
+            out.append((i, m, ops, cpu, pre))
+    return planner, out

@@ -1,5 +1,7 @@
 """One contract for every registered cache policy (taken from the registry, so new policies are covered):
-driven like the engine drives a partition (find; on a miss evict `to_evict()` when full, then insert)."""
+driven like the access planner drives a partition (find; on a miss ask `admit` when the policy has one
+(claims_misses or not: with no placement policy the order does not matter), evict `to_evict()` when full,
+then insert). Every kind, through the planner itself: tests/test_policies_kinds.py."""
 
 from __future__ import annotations
 
@@ -54,8 +56,9 @@ def make(cls, keys, cap: int, profile: str, access_keys: bool = False, **opts) -
 
 
 def drive(pol: CachePolicy, keys, probe_evict: int = 1, check=None) -> list[bool]:
-    """The engine's use of a partition. Returns the hit vector."""
+    """The planner's use of a partition. Returns the hit vector."""
     cap = pol.capacity
+    admit = type(pol).overrides("admit")
     for k in pol.preload():
         pol.insert(k, -1)
     assert len(pol) <= cap
@@ -65,7 +68,7 @@ def drive(pol: CachePolicy, keys, probe_evict: int = 1, check=None) -> list[bool
         hit = pol.find(k, t)
         assert hit == was_in
         out.append(hit)
-        if not hit and cap:
+        if not hit and cap and (not admit or pol.admit(k, t)):
             if len(pol) >= cap:
                 victims = [pol.to_evict(t) for _ in range(probe_evict)]
                 assert len(set(victims)) == 1 and victims[0] in pol

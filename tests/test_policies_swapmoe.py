@@ -7,15 +7,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import REPO, make_trace, random_trace
+from conftest import REPO, make_trace, plan_run, random_trace
 
 from simmoe.engine.config import ReplayConfig
+from simmoe.engine.planner import LOAD
 from simmoe.engine.replay import Replay, replay
 from simmoe.errors import InputError
 from simmoe.hw.profile import load_profile
-from simmoe.policies.base import CacheContext, PolicySet, parse_options
-from simmoe.policies.cache.lru import LRU
-from simmoe.policies.cache.virtual_set import VirtualSetCache
+from simmoe.policies.base import PolicySet, parse_options
 from simmoe.policies.routing.swapmoe import SwapMoE, VirtualExperts, VirtualExpertsOptions
 
 HW = "a100-80gb-sxm"
@@ -134,24 +133,13 @@ def test_vectorised_rule_equals_the_plain_one(slots, update_every, decay, gated,
 
 
 # ---- the cache follows the set ---------------------------------------------------------------------------
-def drive(parts, experts: np.ndarray, num_experts: int) -> list[tuple[int, int, int]]:
-    """Engine-like driver at batch 1: one cache partition per layer, rows in order, per row and layer the
-    distinct experts in slot order. Returns the misses as (row, layer, expert)."""
-    misses = []
-    t = 0
-    for row in range(experts.shape[0]):
-        for cache in parts:
-            cache.on_step(np.array([row]))
-        for m, cache in enumerate(parts):
-            for e in dict.fromkeys(int(x) for x in experts[row, m] if x >= 0):
-                key = m * num_experts + e
-                if not cache.find(key, t):
-                    misses.append((row, m, e))
-                    if len(cache) >= cache.capacity:
-                        cache.evict(cache.to_evict(t))
-                    cache.insert(key, t)
-                t += 1
-    return misses
+def planned_misses(tr, pset) -> list[tuple[int, int, int]]:
+    """The access planner at batch 1 (what the engine and the executor run): the misses as (row, layer,
+    expert) — a step is one row here."""
+    planner, records = plan_run(tr, pset)
+    steps = planner.sc.steps
+    assert all(len(s.rows) == 1 for s in steps)
+    return [(int(steps[i].rows[0]), m, op[3]) for i, m, ops, _, _ in records for op in ops if op[0] == LOAD]
 
 
 def first_uses_since_joining(r: VirtualExperts, experts: np.ndarray) -> set[tuple[int, int, int]]:
@@ -173,13 +161,10 @@ def follow(tr, slots: int, update_every: int):
     """(router, rerouted experts, the virtual-set cache's misses, LRU's misses) at batch 1."""
     r = router(slots=slots, update_every=update_every)
     out, _ = r.reroute(tr.experts, tr.gates)
-    E, L = tr.num_experts, tr.num_layers
-    opts = parse_options(VirtualSetCache.Options, {}, "virtual-set")
-    parts = [VirtualSetCache(CacheContext(slots, E, (m,)), opts) for m in range(L)]
-    for c in parts:
-        c.bind_routing(r)
-    lru = [LRU(CacheContext(slots, E, (m,)), parse_options(LRU.Options, {}, "lru")) for m in range(L)]
-    return r, out, drive(parts, out, E), drive(lru, out, E)
+    routing = {"routing": "virtual-experts", "routing_options": {"slots": slots, "update_every": update_every}}
+    vs = planned_misses(tr, PolicySet("virtual-set", {"slots_per_layer": slots}, **routing))
+    lru = planned_misses(tr, PolicySet("lru", {"slots_per_layer": slots}, **routing))
+    return r, out, vs, lru
 
 
 def test_misses_happen_only_when_the_set_changes():

@@ -73,7 +73,22 @@ def _sim(trace, hw, cfg: Config, batch: int):
 CONFIGS = ["resident", "ondemand", "lru:slots_per_layer=2", "lru:scope=global,slots_per_layer=3", "cpu-experts",
            "lru:slots_per_layer=3+prefetch=oracle", "lru:slots_per_layer=2+placement=n-cpu-moe:n=1",
            "hybrimoe:slots_per_layer=3", "daop:slots_per_layer=2", "se-moe:slots_per_layer=2",
-           "swapmoe:slots=2"]
+           "swapmoe:slots=2", "lfu:slots_per_layer=2", "arc:slots_per_layer=3", "fifo:slots_per_layer=2",
+           "belady:slots_per_layer=3", "static-popular:profile_prefix=0.5", "mrs:slots_per_layer=2",
+           "data-aware:slots_per_layer=2", "lru:slots_per_layer=2+placement=fiddler",
+           "lru:slots_per_layer=3+routing=adaptive-k:top_p=0.6", "monde:slots_per_layer=2,profile_prefix=0.5",
+           "lru:slots_per_layer=2+prefetch=next-layer:accuracy=0.7",
+           "lru:scope=global,slots_per_layer=4+prefetch=impact"]
+
+
+def test_every_cache_policy_is_covered():
+    from simmoe.policies.registry import all_policies
+
+    named = {parse_config(c).pset.cache for c in CONFIGS}
+    from simmoe.engine.setup import resolve
+
+    expanded = {resolve(parse_config(c).pset).cache_cls.name for c in CONFIGS}
+    assert {c.name for c in all_policies() if c.kind == "cache"} <= named | expanded
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -187,7 +202,7 @@ def test_parse_config_forms():
     ("", "empty"),
     ("nosuchpolicy", "unknown policy"),
     ("lru:slots=4", "unknown option"),
-    ("lru+oracle", "expected prefetch=NAME"),
+    ("lru+oracle", "expected KIND=NAME"),
     ("lru+prefetch=oracle+prefetch=oracle", "given twice"),
     ("lru:slots_per_layer", "key=value"),
 ])

@@ -8,6 +8,10 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure replay speed (activations/s, growth with trace length)")
     p.add_argument("--quick", action="store_true", help="traces a tenth of the full size")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run the same cases with this git revision of simmoe (e.g. HEAD~3, a tag) in a "
+                        "subprocess and print the speed ratio (needs git and the repository's history)")
+    p.add_argument("--repeat", type=int, default=3, metavar="N", help="best of N runs per case (default 3)")
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     p.set_defaults(func=run)
 
@@ -16,10 +20,13 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from simmoe.bench import run_bench
+    from simmoe.errors import InputError
     from simmoe.fileio import atomic_open, check_output
 
     check_output(args.json, "--json")
-    rows = run_bench(quick=args.quick)
+    if args.repeat < 1:
+        raise InputError("--repeat", None, f"must be >= 1, got {args.repeat}")
+    rows = run_bench(quick=args.quick, baseline=args.baseline, repeat=args.repeat)
     if args.json:
         with atomic_open(args.json) as f:
             json.dump(rows, f, indent=2)

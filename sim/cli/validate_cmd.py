@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "cache driven by the simulator's own policy objects, real copies and kernels) over a trace "
                     "for each configuration and batch size, runs the simulator on the same trace, configurations "
                     "and profile, and writes report.md, report.json, report.png and steps.csv. Configurations: "
-                    "POLICY[:k=v,...][+prefetch=NAME[:k=v,...]][+placement=NAME[:k=v,...]].",
+                    "POLICY[:k=v,...][+KIND=NAME[:k=v,...]]... with KIND prefetch, placement, precision or routing.",
     )
     p.add_argument("--trace", required=True, help="simmoe-trace/1 .npz file")
     p.add_argument("--hw", required=True, metavar="PROFILE",

@@ -39,6 +39,7 @@ from simmoe.errors import InputError
 from simmoe.policies.base import Access, CacheContext, StepView
 
 RUN, LOAD, FETCH, PREFETCH = 0, 1, 2, 3
+_NOTHING: tuple = ()  # no prefetches (shared: made once)
 
 Order = Literal["appearance", "index"]
 Lookup = Literal["at-use", "layer"]
@@ -109,6 +110,15 @@ class AccessPlanner:
         self._fill = [0] * len(self.parts)
         self._prefetched: set[int] = set()  # keys copied ahead and not used yet
         self.c = PlanCounts(layer_hits=[0] * L, layer_misses=[0] * L, layer_cpu=[0] * L)
+        self.nested = sc.nested
+        self.plain_order = order == "appearance" and self.lookup == "at-use"
+        # per MoE layer: its partition, the policy's hooks (bound once), the key base and the free buffers
+        self._layer_ctx = []
+        for m in range(L):
+            p = self.part_of[m]
+            part = self.parts[p]
+            self._layer_ctx.append((p, part, self.caps[p], m * E, part.find, part.to_evict, part.evict,
+                                    part.insert, self._free[p]))
         # nested precision: bits resident per key brought in by a demand copy (others hold every plane)
         self._res_bits: dict[int, int] | None = {} if sc.nested is not None else None
         self._nbytes: dict = {}  # (have, need) -> bytes copied; ("w", bits) -> weight bytes a kernel reads
@@ -154,88 +164,72 @@ class AccessPlanner:
     # ---- one MoE layer -------------------------------------------------------------------------------------
     def plan_layer(self, m: int) -> tuple[list[tuple], list[tuple[int, int]], list[tuple]]:
         """The actions of MoE layer m of the current step: (expert actions in issue order, experts computed on
-        the CPU as (expert, tokens), prefetch copies to issue after the layer)."""
+        the CPU as (expert, tokens), prefetch copies to issue after the layer). Look-up, placement and
+        admission of every configuration go through this one loop."""
         exps, toks = self._ex[m], self._tk[m]
         c = self.c
-        h0, m0 = c.hits, c.misses
-        if self.layer_bypass[m]:  # every routed expert runs on the CPU: nothing is looked up
-            n = len(exps)
-            c.accesses += n
-            c.misses += n
-            ops: list[tuple] = []
-            cpu = list(zip(exps, toks))
-        else:
-            part = self.parts[self.part_of[m]]
-            if self._on_routing:
-                part.on_routing(m, exps, self._gate_scores(m, exps))
-            ops, cpu = self._layer(m, exps, toks)
-        if cpu:
-            c.layer_cpu[m] += len(cpu)
-            c.cpu_experts += len(cpu)
-            act = self.sc.costs.activation_bytes(max(nt for _, nt in cpu))
-            c.bytes_d2h += act  # the layer's activations to the host, the CPU experts' result back
-            c.bytes_h2d += act
-        c.layer_hits[m] += c.hits - h0
-        c.layer_misses[m] += c.misses - m0
-        pre = self._plan_prefetch(m) if self.prefetcher is not None else []
-        return ops, cpu, pre
-
-    def _layer(self, m: int, exps, toks) -> tuple[list[tuple], list[tuple[int, int]]]:
-        """Look up, place and admit the layer's experts; the one loop every configuration goes through."""
-        c = self.c
-        E = self.E
-        p = self.part_of[m]
-        part, cap = self.parts[p], self.caps[p]
-        base = m * E
-        n = len(exps)
-        buffer_of, prefetched = self.buffer_of, self._prefetched
-        placer = self.placer
-        costs = self.sc.costs
-        nested = self.sc.nested
         ops: list[tuple] = []
         cpu: list[tuple[int, int]] = []
         t = c.accesses
-        found = where = None
+        if self.layer_bypass[m]:  # every routed expert runs on the CPU: nothing is looked up
+            c.accesses = t + len(exps)
+            c.misses += len(exps)
+            c.layer_misses[m] += len(exps)
+            cpu = list(zip(exps, toks))
+            self._cpu_batch(m, cpu)
+            return ops, cpu, self._plan_prefetch(m) if self.prefetcher is not None else _NOTHING
+        p, part, cap, base, find, to_evict, evict, insert, free = self._layer_ctx[m]
+        if self._on_routing:
+            part.on_routing(m, exps, self._gate_scores(m, exps))
+        nested = self.nested
+        res = None
+        # The layer's accesses in order. At use, each expert is looked up when its turn comes; a whole-layer
+        # look-up (`looked`: key -> (hit, t, where)) comes first and puts the hits before the misses.
+        looked = where = None
         if nested is not None:
+            n = len(exps)
             need, mass = self._need_bits(m)
-            seq = range(n) if nested.io_order == "sequential" else \
-                sorted(range(n), key=lambda j: (-toks[j], -mass[exps[j]], j))
+            pairs = zip(exps, toks) if nested.io_order == "sequential" else \
+                [(exps[j], toks[j]) for j in sorted(range(n), key=lambda j: (-toks[j], -mass[exps[j]], j))]
             res, top = self._res_bits, nested.levels[-1]
             split = nested.io_order == "hebf"
             pending: dict[int, tuple] = {}  # hebf: cached misses whose copies go in two rounds
+        elif self.plain_order:
+            pairs = zip(exps, toks)
         else:
-            seq = range(n) if self.order == "appearance" else sorted(range(n), key=exps.__getitem__)
-            if self.lookup == "layer":  # the whole layer first; its hits run before its misses
-                seq = list(seq)
-                found = [False] * n
-                for k, j in enumerate(seq):
-                    found[j] = part.find(base + exps[j], t + k)
-                if self.layer_wise:
-                    where = self._place_layer(m, exps, toks, seq, found, t)
-                t0, ts = t, [0] * n
-                for k, j in enumerate(seq):
-                    ts[j] = t0 + k
-                seq = [j for j in seq if found[j]] + [j for j in seq if not found[j]]
+            n = len(exps)
+            pairs = zip(exps, toks) if self.order == "appearance" else sorted(zip(exps, toks))
+            if self.lookup == "layer":
+                pairs = list(pairs)
+                found = [find(base + e, t + k) for k, (e, _) in enumerate(pairs)]
+                place = self._place_layer(m, pairs, found, t) if self.layer_wise else [None] * n
+                looked = {base + e: (f, t + k, w) for k, ((e, _), f, w) in enumerate(zip(pairs, found, place))}
+                pairs = [x for x, f in zip(pairs, found) if f] + [x for x, f in zip(pairs, found) if not f]
                 t += n
+        append = ops.append
+        buffer_of, prefetched = self.buffer_of, self._prefetched
+        placer = self.placer
         claims = self._claims
         admit_hook = self._admit_hook
-        for j in seq:
-            e, nt = exps[j], toks[j]
+        fill = self._fill
+        nbytes = self.expert_bytes
+        hits = misses = copies = used = 0  # counters as locals in this loop (written back below)
+        for e, nt in pairs:
             key = base + e
-            if found is not None:
-                hit, tj = found[j], ts[j]
-            else:
+            if looked is None:
                 tj = t
                 t += 1
-                hit = part.find(key, tj)
+                hit = find(key, tj)
+            else:
+                hit, tj, where = looked[key]
             wb = 0
             if nested is not None:
                 b = need[e]
                 have = res.get(key, top) if hit else 0
                 wb = self._weight_bytes(b)
                 if hit and have < b:  # resident at fewer bits: a miss that copies the planes it lacks
-                    c.misses += 1
-                    c.copies += 1
+                    misses += 1
+                    copies += 1
                     res[key] = b
                     item = (key, e, nt, have, b, buffer_of[key], False)
                     if split:
@@ -244,38 +238,52 @@ class AccessPlanner:
                         self._finish(ops, m, item)
                     continue
             if hit:
-                c.hits += 1
-                ops.append((RUN, buffer_of[key], m, e, nt, wb))
+                hits += 1
+                append((RUN, buffer_of[key], m, e, nt, wb))
                 if key in prefetched:
                     prefetched.discard(key)
-                    c.prefetch_used += 1
+                    used += 1
                 continue
-            c.misses += 1
+            misses += 1
             claimed = False
             if where is not None:
-                on_cpu = where[j] == "cpu"
+                on_cpu = where == "cpu"
             elif claims and cap and part.admit(key, tj):
                 on_cpu, claimed = False, True  # the cache keeps it, whatever the placement says
             else:
-                on_cpu = placer is not None and placer.place(Access(m, e, nt, tj), costs) == "cpu"
+                on_cpu = placer is not None and placer.place(Access(m, e, nt, tj), self.sc.costs) == "cpu"
             if on_cpu:
                 cpu.append((e, nt))
                 continue
-            cached = claimed or (cap and not claims and (not admit_hook or part.admit(key, tj)))
-            if cached:
+            copies += 1
+            if claimed or (cap and not claims and (not admit_hook or part.admit(key, tj))):
+                cached = True
                 victim = None
-                if nested is not None and pending and self._fill[p] >= cap:
-                    victim = part.to_evict(tj)
+                if nested is not None and pending and fill[p] >= cap:
+                    victim = to_evict(tj)
                     if victim in pending:  # its buffer is reused within this layer: its copy and kernels first
                         self._finish(ops, m, pending.pop(victim))
-                buf = self._admit(p, key, tj, victim)
+                # _admit, inlined: this is the hottest path of a replay
+                if fill[p] >= cap:
+                    if victim is None:
+                        victim = to_evict(tj)
+                    evict(victim)
+                    buf = buffer_of.pop(victim)
+                    prefetched.discard(victim)
+                    if res is not None:
+                        res.pop(victim, None)
+                else:
+                    fill[p] += 1
+                    self._grow()
+                    buf = free.pop()
+                insert(key, tj)
+                buffer_of[key] = buf
             else:
+                cached = False
                 buf = self.staging_first + self._stage_i
                 self._stage_i = (self._stage_i + 1) % self.num_staging
-            c.copies += 1
             if nested is None:
-                c.bytes_h2d += self.expert_bytes
-                ops.append((LOAD, buf, m, e, nt, 0, self.expert_bytes))
+                append((LOAD, buf, m, e, nt, 0, nbytes))
                 continue
             item = (key, e, nt, 0, b, buf, True)
             if cached:
@@ -285,32 +293,51 @@ class AccessPlanner:
             else:
                 self._finish(ops, m, item)
         c.accesses = t
-        if nested is not None and pending:
+        c.hits += hits
+        c.misses += misses
+        c.copies += copies
+        c.prefetch_used += used
+        c.layer_hits[m] += hits
+        c.layer_misses[m] += misses
+        if nested is None:
+            c.bytes_h2d += copies * nbytes
+        elif pending:
             self._hebf_rounds(ops, m, list(pending.values()))
-        return ops, cpu
+        if cpu:
+            self._cpu_batch(m, cpu)
+        return ops, cpu, self._plan_prefetch(m) if self.prefetcher is not None else _NOTHING
 
-    def _place_layer(self, m: int, exps, toks, seq, found, t: int) -> list[str]:
-        """A layer-wise placement splits the layer's misses knowing its hits: 'hit', 'gpu' or 'cpu' per expert."""
+    def _cpu_batch(self, m: int, cpu: list[tuple[int, int]]) -> None:
+        """Count a layer's CPU experts: the layer's activations go to the host and the result comes back."""
+        c = self.c
+        c.layer_cpu[m] += len(cpu)
+        c.cpu_experts += len(cpu)
+        act = self.sc.costs.activation_bytes(max(nt for _, nt in cpu))
+        c.bytes_d2h += act
+        c.bytes_h2d += act
+
+    def _place_layer(self, m: int, pairs, found, t: int) -> list[str]:
+        """A layer-wise placement splits the layer's misses knowing its hits: 'hit', 'gpu' or 'cpu' per access
+        (in look-up order)."""
         hits, misses, idx = [], [], []
-        out = ["hit"] * len(exps)
-        for k, j in enumerate(seq):
-            acc = Access(m, int(exps[j]), int(toks[j]), t + k)
-            if found[j]:
+        out = ["hit"] * len(pairs)
+        for k, ((e, nt), f) in enumerate(zip(pairs, found)):
+            acc = Access(m, int(e), int(nt), t + k)
+            if f:
                 hits.append(acc)
             else:
                 misses.append(acc)
-                idx.append(j)
-                out[j] = "gpu"
+                idx.append(k)
+                out[k] = "gpu"
         if misses:
-            for j, w in zip(idx, self.placer.place_layer(hits, misses, self.sc.costs)):
-                out[j] = w
+            for k, w in zip(idx, self.placer.place_layer(hits, misses, self.sc.costs)):
+                out[k] = w
         return out
 
     def _admit(self, p: int, key: int, t: int, victim: int | None = None) -> int:
         """Make room in partition p and insert key; returns its buffer (the victim's, or a free one).
         `victim`: the caller's own `to_evict(t)`, when it asked already."""
         part = self.parts[p]
-        c = self.c
         if self._fill[p] >= self.caps[p]:
             if victim is None:
                 victim = part.to_evict(t)
@@ -321,13 +348,17 @@ class AccessPlanner:
                 self._res_bits.pop(victim, None)
         else:
             self._fill[p] += 1
-            c.occupancy += 1
-            if c.occupancy > c.peak_occupancy:
-                c.peak_occupancy = c.occupancy
+            self._grow()
             buf = self._free[p].pop()
         part.insert(key, t)
         self.buffer_of[key] = buf
         return buf
+
+    def _grow(self) -> None:
+        c = self.c
+        c.occupancy += 1
+        if c.occupancy > c.peak_occupancy:
+            c.peak_occupancy = c.occupancy
 
     # ---- prefetch ------------------------------------------------------------------------------------------
     def _plan_prefetch(self, m: int) -> list[tuple]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import simpy
 
 from simmoe.engine.config import ReplayConfig
+from simmoe.engine.fast_timing import FastStepTiming
 from simmoe.engine.planner import AccessPlanner
 from simmoe.engine.results import Result, RunRecord, StepLog
 from simmoe.engine.scenario import Scenario, prepare
@@ -61,7 +62,7 @@ def play(sc: Scenario, progress: bool = False, wall0: float | None = None) -> Re
                            chunked=chunked)
     else:
         tl = (ChunkedTimeline if chunked else Timeline)(hw.host, hw.pcie.copy_engines)
-    timing = StepTiming(sc, tl, planner.num_buffers, chunk_mb)
+    timing = (FastStepTiming if cfg.engine == "fast" else StepTiming)(sc, tl, planner.num_buffers, chunk_mb)
     log = StepLog()
     env.process(_driver(env, sc, planner, timing, log, progress))
     env.run()

@@ -12,11 +12,27 @@ a buffer waits until the kernels reading the previous contents are done.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from simmoe.engine.planner import FETCH, LOAD, RUN, AccessPlanner
 from simmoe.engine.scenario import Scenario
 from simmoe.engine.schedule import DECODE, Step
 from simmoe.engine.timeline import D2H, H2D
+
+
+@dataclass(frozen=True)
+class DenseCosts:
+    """A step's kernel counts and the time of each kernel of its dense parts (the same in every layer)."""
+
+    ka: int  # kernels per attention block
+    kr: int  # per router
+    kd: int  # per dense FFN / shared experts
+    ks: int  # per step (embedding, lm_head, sampling)
+    attn_each: float
+    router_each: float
+    shared_each: float
+    dense_each: float
+    extra_each: float
 
 
 class StepTiming:
@@ -28,6 +44,7 @@ class StepTiming:
         self.chunk_mb = chunk_mb
         self._copy_us: dict[int, float] = {}
         self._gpu_each: dict[tuple[int, int], float] = {}
+        self._dense: dict[tuple[int, int, int], DenseCosts] = {}  # (tokens, context tokens, sampled rows)
         cfg = sc.cfg
         self.on_compute = cfg.copy_stream == "compute"
         self.blocking = cfg.host_memory == "pageable"
@@ -47,22 +64,35 @@ class StepTiming:
             x = self._gpu_each[(nt, wb)] = us / self.sc.hw.host.kernels_per_expert
         return x
 
+    def dense_costs(self, step: Step) -> DenseCosts:
+        sc = self.sc
+        tokens = len(step.rows)
+        ctx_tokens = int((sc.ri.position[step.rows] + 1).sum())
+        sampled = len(step.requests) if step.kind == DECODE else 1
+        d = self._dense.get((tokens, ctx_tokens, sampled))
+        if d is None:
+            costs, host = sc.costs, sc.hw.host
+            ka, kr, kd = host.kernels_per_attention, host.kernels_per_router, host.kernels_per_dense_ffn
+            ks = host.kernels_per_step
+            d = self._dense[(tokens, ctx_tokens, sampled)] = DenseCosts(
+                ka, kr, kd, ks,
+                attn_each=costs.attention_us(tokens, ctx_tokens) / max(ka, 1),
+                router_each=costs.router_us(tokens) / max(kr, 1),
+                shared_each=costs.shared_experts_us(tokens) / max(kd, 1),
+                dense_each=costs.dense_ffn_us(tokens) / max(kd, 1) if sc.spec.num_dense_layers else 0.0,
+                extra_each=costs.step_extra_us(sampled) / max(ks, 1))
+        return d
+
     def play(self, step: Step, i: int, planner: AccessPlanner) -> None:
         """Issue step i's work on the timeline (the planner decides each layer's expert actions)."""
         sc, tl = self.sc, self.tl
-        costs, hw, spec = sc.costs, sc.hw, sc.spec
-        host = hw.host
+        hw, spec = sc.hw, sc.spec
         rec = tl.record
         planner.begin_step(step, i)
-        tokens = len(step.rows)
-        ctx_tokens = int((sc.ri.position[step.rows] + 1).sum())
-        ka, kr, kd = host.kernels_per_attention, host.kernels_per_router, host.kernels_per_dense_ffn
-        attn_each = costs.attention_us(tokens, ctx_tokens) / max(ka, 1)
-        router_each = costs.router_us(tokens) / max(kr, 1)
-        shared_each = costs.shared_experts_us(tokens) / max(kd, 1)
-        dense_each = costs.dense_ffn_us(tokens) / max(kd, 1) if spec.num_dense_layers else 0.0
-        ks = host.kernels_per_step
-        extra_each = costs.step_extra_us(len(step.requests) if step.kind == DECODE else 1) / max(ks, 1)
+        d = self.dense_costs(step)
+        ka, kr, kd, ks = d.ka, d.kr, d.kd, d.ks
+        attn_each, router_each, shared_each, dense_each, extra_each = (d.attn_each, d.router_each, d.shared_each,
+                                                                       d.dense_each, d.extra_each)
         moe_of = sc.moe_of
         if ks:
             tl.kernels(ks // 2 or 1, extra_each, name="embed")
