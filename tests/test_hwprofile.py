@@ -24,10 +24,17 @@ from simmoe.hw.profile import (
 EXPECTED = [
     "rtx3060-laptop", "rtx3090", "rtx4090", "rtx-a6000", "l4", "t4",
     "a100-40gb-pcie", "a100-80gb-sxm", "h100-pcie", "h100-sxm", "jetson-agx-orin",
+    # machines people run MoE offloading on (issue 14)
+    "rtx3060", "rtx3080-laptop", "rtx2080ti", "quadro-rtx6000", "rtx4060ti-16gb", "rtx4070", "rtx4080",
+    "rtx5090",
 ]
 
-# Raw PCIe x16 bandwidth per direction after line encoding, GB/s: measured pinned rates must stay below.
-LINK_CEILING_GBPS = {"PCIe 3.0 x16": 15.75, "PCIe 4.0 x16": 31.5, "PCIe 5.0 x16": 63.0}
+# Turing: fp16 tensor cores, no bf16 (a bf16 model runs with fp16 weights).
+NO_BF16 = {"t4", "rtx2080ti", "quadro-rtx6000"}
+
+# Raw PCIe bandwidth per direction after line encoding, GB/s: measured pinned rates must stay below.
+LINK_CEILING_GBPS = {"PCIe 3.0 x16": 15.75, "PCIe 4.0 x16": 31.5, "PCIe 5.0 x16": 63.0,
+                     "PCIe 3.0 x8": 7.88, "PCIe 4.0 x8": 15.75, "PCIe 5.0 x8": 31.5}
 
 
 def _raw(name: str) -> dict:
@@ -64,6 +71,7 @@ def test_bundled_profile_loads_and_is_sane(name):
     assert "fp16" in g.peak_tflops
     tensor = g.peak_tflops.get("bf16", g.peak_tflops["fp16"])
     assert tensor > g.peak_tflops["fp32"], "tensor-core peak below the CUDA-core peak"
+    assert ("bf16" in g.peak_tflops) == (name not in NO_BF16)
     if "int8" in g.peak_tflops:
         assert g.peak_tflops["int8"] >= g.peak_tflops["fp16"]
     if "fp8" in g.peak_tflops:
@@ -116,6 +124,16 @@ def test_unified_memory_only_on_jetson():
             assert load_profile(name).gpu.unified_memory is False, name
 
 
+def test_turing_has_no_bf16_and_falls_back_to_fp16():
+    for name in NO_BF16:
+        p = load_profile(name)
+        assert p.peak_flops("bf16") == pytest.approx(p.gpu.peak_tflops["fp16"] * 1e12), name
+        assert p.peak_flops("fp8") == p.peak_flops("bf16"), name  # no fp8 either
+    # GeForce Turing: fp16 tensor cores with FP32 accumulate at half rate; Quadro at full rate
+    assert load_profile("rtx2080ti").gpu.peak_tflops["fp16"] == pytest.approx(53.8)
+    assert load_profile("quadro-rtx6000").gpu.peak_tflops["fp16"] == pytest.approx(130.5)
+
+
 def test_laptop_has_nvme_and_t4_has_no_bf16():
     lap = load_profile("rtx3060-laptop")
     assert lap.nvme is not None and lap.nvme.read_gbps == pytest.approx(3.5)
@@ -132,6 +150,12 @@ def test_relative_order_of_key_figures():
     assert h100.peak_flops("bf16") > a100.peak_flops("bf16") > l4.peak_flops("bf16")
     assert h100.pcie.h2d_pinned_gbps > 2 * a100.pcie.h2d_pinned_gbps  # Gen5 vs Gen4
     assert load_profile("rtx4090").peak_flops("bf16") > load_profile("rtx3090").peak_flops("bf16")
+    # issue 14 machines
+    r5090, r4090 = load_profile("rtx5090"), load_profile("rtx4090")
+    assert r5090.pcie.h2d_pinned_gbps > 2 * 0.95 * r4090.pcie.h2d_pinned_gbps  # Gen5 vs Gen4 x16
+    assert r5090.gpu.hbm_gbps > r4090.gpu.hbm_gbps
+    # the 4060 Ti has 8 lanes: half the copy bandwidth of the x16 RTX 4070
+    assert load_profile("rtx4060ti-16gb").pcie.h2d_pinned_gbps < 0.6 * load_profile("rtx4070").pcie.h2d_pinned_gbps
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -341,7 +365,8 @@ def test_cli_hw_list(simmoe_cli):
     rows = {ln.split()[0]: ln for ln in lines[2:] if ln.strip()}
     assert set(EXPECTED) <= set(rows)
     assert "24.00" in rows["rtx3090"] and "936.2" in rows["rtx3090"] and "datasheet" in rows["rtx3090"]
-    assert " - " in rows["t4"]  # no bf16 on Turing
+    for name in NO_BF16:
+        assert " - " in rows[name]  # no bf16 on Turing
     # `simmoe hw` with no subcommand is the same table.
     assert simmoe_cli("hw").stdout == res.stdout
 
