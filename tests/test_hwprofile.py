@@ -26,7 +26,7 @@ EXPECTED = [
     "a100-40gb-pcie", "a100-80gb-sxm", "h100-pcie", "h100-sxm", "jetson-agx-orin",
     # machines people run MoE offloading on (issue 14)
     "rtx3060", "rtx3080-laptop", "rtx2080ti", "quadro-rtx6000", "rtx4060ti-16gb", "rtx4070", "rtx4080",
-    "rtx5090",
+    "rtx5090", "a10g", "l40s", "h200-sxm",
 ]
 
 # Turing: fp16 tensor cores, no bf16 (a bf16 model runs with fp16 weights).
@@ -151,11 +151,17 @@ def test_relative_order_of_key_figures():
     assert h100.pcie.h2d_pinned_gbps > 2 * a100.pcie.h2d_pinned_gbps  # Gen5 vs Gen4
     assert load_profile("rtx4090").peak_flops("bf16") > load_profile("rtx3090").peak_flops("bf16")
     # issue 14 machines
+    h200 = load_profile("h200-sxm")
+    assert h200.gpu.hbm_gbps > h100.gpu.hbm_gbps and h200.gpu.memory_gib > h100.gpu.memory_gib
+    assert h200.peak_flops("bf16") == h100.peak_flops("bf16")  # same GH100 compute
     r5090, r4090 = load_profile("rtx5090"), load_profile("rtx4090")
     assert r5090.pcie.h2d_pinned_gbps > 2 * 0.95 * r4090.pcie.h2d_pinned_gbps  # Gen5 vs Gen4 x16
     assert r5090.gpu.hbm_gbps > r4090.gpu.hbm_gbps
     # the 4060 Ti has 8 lanes: half the copy bandwidth of the x16 RTX 4070
     assert load_profile("rtx4060ti-16gb").pcie.h2d_pinned_gbps < 0.6 * load_profile("rtx4070").pcie.h2d_pinned_gbps
+    # data-centre Ada (L40S) runs FP32 accumulate at full rate, GeForce Ada at half
+    l40s, r4080 = load_profile("l40s").gpu.peak_tflops, load_profile("rtx4080").gpu.peak_tflops
+    assert l40s["bf16"] / l40s["fp32"] > 3.5 and r4080["bf16"] / r4080["fp32"] == pytest.approx(2.0, rel=0.01)
 
 
 @pytest.mark.parametrize("name", EXPECTED)
