@@ -26,9 +26,13 @@ EXPECTED = [
     "a100-40gb-pcie", "a100-80gb-sxm", "h100-pcie", "h100-sxm", "jetson-agx-orin",
     # machines people run MoE offloading on (issue 14)
     "rtx3060", "rtx3080-laptop", "rtx2080ti", "quadro-rtx6000", "rtx4060ti-16gb", "rtx4070", "rtx4080",
-    "rtx5090", "a10g", "l40s", "h200-sxm",
+    "rtx5090", "a10g", "l40s", "h200-sxm", "apple-m3-ultra", "apple-m4-max",
 ]
 
+# Unified memory: CPU and GPU share one DRAM pool, there is no PCIe link.
+UNIFIED = {"jetson-agx-orin", "apple-m3-ultra", "apple-m4-max"}
+# GPUs without matrix units: their fp16/bf16 GEMMs run at the plain ALU (fp32) rate.
+NO_TENSOR_CORES = {"apple-m3-ultra", "apple-m4-max"}
 # Turing: fp16 tensor cores, no bf16 (a bf16 model runs with fp16 weights).
 NO_BF16 = {"t4", "rtx2080ti", "quadro-rtx6000"}
 
@@ -70,7 +74,10 @@ def test_bundled_profile_loads_and_is_sane(name):
     assert "fp32" in g.peak_tflops
     assert "fp16" in g.peak_tflops
     tensor = g.peak_tflops.get("bf16", g.peak_tflops["fp16"])
-    assert tensor > g.peak_tflops["fp32"], "tensor-core peak below the CUDA-core peak"
+    if name in NO_TENSOR_CORES:
+        assert tensor == g.peak_tflops["fp32"], "no matrix units: fp16/bf16 run at the ALU rate"
+    else:
+        assert tensor > g.peak_tflops["fp32"], "tensor-core peak below the CUDA-core peak"
     assert ("bf16" in g.peak_tflops) == (name not in NO_BF16)
     if "int8" in g.peak_tflops:
         assert g.peak_tflops["int8"] >= g.peak_tflops["fp16"]
@@ -114,14 +121,20 @@ def test_bundled_files_give_the_documented_sections():
             assert key in raw["pcie"], (name, key)
 
 
-def test_unified_memory_only_on_jetson():
+def test_unified_memory_only_on_jetson_and_apple():
     j = load_profile("jetson-agx-orin")
     assert j.gpu.unified_memory is True
     assert j.gpu.hbm_gbps == pytest.approx(204.8)
     assert j.nvme is not None
     for name in EXPECTED:
-        if name != "jetson-agx-orin":
-            assert load_profile(name).gpu.unified_memory is False, name
+        p = load_profile(name)
+        assert p.gpu.unified_memory is (name in UNIFIED), name
+        if name in UNIFIED:
+            # one pool, described twice: same size and bandwidth on both sides, and no PCIe link
+            assert p.cpu.memory_gib == p.gpu.memory_gib and p.cpu.memory_gbps == p.gpu.hbm_gbps, name
+            assert p.pcie.link.startswith("none"), name
+            # a copy inside one DRAM reads and writes it: at most half its bandwidth
+            assert p.pcie.h2d_pinned_gbps <= p.gpu.hbm_gbps / 2, name
 
 
 def test_turing_has_no_bf16_and_falls_back_to_fp16():
