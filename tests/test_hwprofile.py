@@ -27,6 +27,7 @@ EXPECTED = [
     # machines people run MoE offloading on (issue 14)
     "rtx3060", "rtx3080-laptop", "rtx2080ti", "quadro-rtx6000", "rtx4060ti-16gb", "rtx4070", "rtx4080",
     "rtx5090", "a10g", "l40s", "h200-sxm", "apple-m3-ultra", "apple-m4-max",
+    "a100-80gb-pcie-2s-epyc", "h100-pcie-2s-xeon",
 ]
 
 # Unified memory: CPU and GPU share one DRAM pool, there is no PCIe link.
@@ -35,6 +36,9 @@ UNIFIED = {"jetson-agx-orin", "apple-m3-ultra", "apple-m4-max"}
 NO_TENSOR_CORES = {"apple-m3-ultra", "apple-m4-max"}
 # Turing: fp16 tensor cores, no bf16 (a bf16 model runs with fp16 weights).
 NO_BF16 = {"t4", "rtx2080ti", "quadro-rtx6000"}
+# Two-socket hosts: cores and memory_gib are both sockets', memory_gbps is one socket's (an expert's weights
+# live in one NUMA node): profile -> (one socket's GB/s, cores per socket).
+TWO_SOCKET = {"a100-80gb-pcie-2s-epyc": (204.8, 64), "h100-pcie-2s-xeon": (307.2, 56)}
 
 # Raw PCIe bandwidth per direction after line encoding, GB/s: measured pinned rates must stay below.
 LINK_CEILING_GBPS = {"PCIe 3.0 x16": 15.75, "PCIe 4.0 x16": 31.5, "PCIe 5.0 x16": 63.0,
@@ -145,6 +149,13 @@ def test_turing_has_no_bf16_and_falls_back_to_fp16():
     # GeForce Turing: fp16 tensor cores with FP32 accumulate at half rate; Quadro at full rate
     assert load_profile("rtx2080ti").gpu.peak_tflops["fp16"] == pytest.approx(53.8)
     assert load_profile("quadro-rtx6000").gpu.peak_tflops["fp16"] == pytest.approx(130.5)
+
+
+def test_two_socket_hosts_give_both_sockets_cores_and_one_sockets_bandwidth():
+    for name, (socket_gbps, socket_cores) in TWO_SOCKET.items():
+        c = load_profile(name).cpu
+        assert c.cores == 2 * socket_cores, name
+        assert c.memory_gbps == pytest.approx(socket_gbps), name  # not 2x: an expert lives in one node
 
 
 def test_laptop_has_nvme_and_t4_has_no_bf16():
