@@ -24,10 +24,25 @@ from simmoe.hw.profile import (
 EXPECTED = [
     "rtx3060-laptop", "rtx3090", "rtx4090", "rtx-a6000", "l4", "t4",
     "a100-40gb-pcie", "a100-80gb-sxm", "h100-pcie", "h100-sxm", "jetson-agx-orin",
+    # machines people run MoE offloading on (issue 14)
+    "rtx3060", "rtx3080-laptop", "rtx2080ti", "quadro-rtx6000", "rtx4060ti-16gb", "rtx4070", "rtx4080",
+    "rtx5090", "a10g", "l40s", "h200-sxm", "apple-m3-ultra", "apple-m4-max",
+    "a100-80gb-pcie-2s-epyc", "h100-pcie-2s-xeon",
 ]
 
-# Raw PCIe x16 bandwidth per direction after line encoding, GB/s: measured pinned rates must stay below.
-LINK_CEILING_GBPS = {"PCIe 3.0 x16": 15.75, "PCIe 4.0 x16": 31.5, "PCIe 5.0 x16": 63.0}
+# Unified memory: CPU and GPU share one DRAM pool, there is no PCIe link.
+UNIFIED = {"jetson-agx-orin", "apple-m3-ultra", "apple-m4-max"}
+# GPUs without matrix units: their fp16/bf16 GEMMs run at the plain ALU (fp32) rate.
+NO_TENSOR_CORES = {"apple-m3-ultra", "apple-m4-max"}
+# Turing: fp16 tensor cores, no bf16 (a bf16 model runs with fp16 weights).
+NO_BF16 = {"t4", "rtx2080ti", "quadro-rtx6000"}
+# Two-socket hosts: cores and memory_gib are both sockets', memory_gbps is one socket's (an expert's weights
+# live in one NUMA node): profile -> (one socket's GB/s, cores per socket).
+TWO_SOCKET = {"a100-80gb-pcie-2s-epyc": (204.8, 64), "h100-pcie-2s-xeon": (307.2, 56)}
+
+# Raw PCIe bandwidth per direction after line encoding, GB/s: measured pinned rates must stay below.
+LINK_CEILING_GBPS = {"PCIe 3.0 x16": 15.75, "PCIe 4.0 x16": 31.5, "PCIe 5.0 x16": 63.0,
+                     "PCIe 3.0 x8": 7.88, "PCIe 4.0 x8": 15.75, "PCIe 5.0 x8": 31.5}
 
 
 def _raw(name: str) -> dict:
@@ -63,7 +78,11 @@ def test_bundled_profile_loads_and_is_sane(name):
     assert "fp32" in g.peak_tflops
     assert "fp16" in g.peak_tflops
     tensor = g.peak_tflops.get("bf16", g.peak_tflops["fp16"])
-    assert tensor > g.peak_tflops["fp32"], "tensor-core peak below the CUDA-core peak"
+    if name in NO_TENSOR_CORES:
+        assert tensor == g.peak_tflops["fp32"], "no matrix units: fp16/bf16 run at the ALU rate"
+    else:
+        assert tensor > g.peak_tflops["fp32"], "tensor-core peak below the CUDA-core peak"
+    assert ("bf16" in g.peak_tflops) == (name not in NO_BF16)
     if "int8" in g.peak_tflops:
         assert g.peak_tflops["int8"] >= g.peak_tflops["fp16"]
     if "fp8" in g.peak_tflops:
@@ -106,14 +125,37 @@ def test_bundled_files_give_the_documented_sections():
             assert key in raw["pcie"], (name, key)
 
 
-def test_unified_memory_only_on_jetson():
+def test_unified_memory_only_on_jetson_and_apple():
     j = load_profile("jetson-agx-orin")
     assert j.gpu.unified_memory is True
     assert j.gpu.hbm_gbps == pytest.approx(204.8)
     assert j.nvme is not None
     for name in EXPECTED:
-        if name != "jetson-agx-orin":
-            assert load_profile(name).gpu.unified_memory is False, name
+        p = load_profile(name)
+        assert p.gpu.unified_memory is (name in UNIFIED), name
+        if name in UNIFIED:
+            # one pool, described twice: same size and bandwidth on both sides, and no PCIe link
+            assert p.cpu.memory_gib == p.gpu.memory_gib and p.cpu.memory_gbps == p.gpu.hbm_gbps, name
+            assert p.pcie.link.startswith("none"), name
+            # a copy inside one DRAM reads and writes it: at most half its bandwidth
+            assert p.pcie.h2d_pinned_gbps <= p.gpu.hbm_gbps / 2, name
+
+
+def test_turing_has_no_bf16_and_falls_back_to_fp16():
+    for name in NO_BF16:
+        p = load_profile(name)
+        assert p.peak_flops("bf16") == pytest.approx(p.gpu.peak_tflops["fp16"] * 1e12), name
+        assert p.peak_flops("fp8") == p.peak_flops("bf16"), name  # no fp8 either
+    # GeForce Turing: fp16 tensor cores with FP32 accumulate at half rate; Quadro at full rate
+    assert load_profile("rtx2080ti").gpu.peak_tflops["fp16"] == pytest.approx(53.8)
+    assert load_profile("quadro-rtx6000").gpu.peak_tflops["fp16"] == pytest.approx(130.5)
+
+
+def test_two_socket_hosts_give_both_sockets_cores_and_one_sockets_bandwidth():
+    for name, (socket_gbps, socket_cores) in TWO_SOCKET.items():
+        c = load_profile(name).cpu
+        assert c.cores == 2 * socket_cores, name
+        assert c.memory_gbps == pytest.approx(socket_gbps), name  # not 2x: an expert lives in one node
 
 
 def test_laptop_has_nvme_and_t4_has_no_bf16():
@@ -132,6 +174,18 @@ def test_relative_order_of_key_figures():
     assert h100.peak_flops("bf16") > a100.peak_flops("bf16") > l4.peak_flops("bf16")
     assert h100.pcie.h2d_pinned_gbps > 2 * a100.pcie.h2d_pinned_gbps  # Gen5 vs Gen4
     assert load_profile("rtx4090").peak_flops("bf16") > load_profile("rtx3090").peak_flops("bf16")
+    # issue 14 machines
+    h200 = load_profile("h200-sxm")
+    assert h200.gpu.hbm_gbps > h100.gpu.hbm_gbps and h200.gpu.memory_gib > h100.gpu.memory_gib
+    assert h200.peak_flops("bf16") == h100.peak_flops("bf16")  # same GH100 compute
+    r5090, r4090 = load_profile("rtx5090"), load_profile("rtx4090")
+    assert r5090.pcie.h2d_pinned_gbps > 2 * 0.95 * r4090.pcie.h2d_pinned_gbps  # Gen5 vs Gen4 x16
+    assert r5090.gpu.hbm_gbps > r4090.gpu.hbm_gbps
+    # the 4060 Ti has 8 lanes: half the copy bandwidth of the x16 RTX 4070
+    assert load_profile("rtx4060ti-16gb").pcie.h2d_pinned_gbps < 0.6 * load_profile("rtx4070").pcie.h2d_pinned_gbps
+    # data-centre Ada (L40S) runs FP32 accumulate at full rate, GeForce Ada at half
+    l40s, r4080 = load_profile("l40s").gpu.peak_tflops, load_profile("rtx4080").gpu.peak_tflops
+    assert l40s["bf16"] / l40s["fp32"] > 3.5 and r4080["bf16"] / r4080["fp32"] == pytest.approx(2.0, rel=0.01)
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -341,7 +395,8 @@ def test_cli_hw_list(simmoe_cli):
     rows = {ln.split()[0]: ln for ln in lines[2:] if ln.strip()}
     assert set(EXPECTED) <= set(rows)
     assert "24.00" in rows["rtx3090"] and "936.2" in rows["rtx3090"] and "datasheet" in rows["rtx3090"]
-    assert " - " in rows["t4"]  # no bf16 on Turing
+    for name in NO_BF16:
+        assert " - " in rows[name]  # no bf16 on Turing
     # `simmoe hw` with no subcommand is the same table.
     assert simmoe_cli("hw").stdout == res.stdout
 
