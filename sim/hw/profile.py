@@ -77,6 +77,32 @@ class HostSpec(_Strict):
     kernels_per_step: int = Field(6, ge=0)  # embedding, final norm, lm_head, sampling
 
 
+class CopyTable(_Strict):
+    """Measured time of one copy direction and memory kind against its size (calibrated profiles).
+
+    The cost model interpolates it linearly; below the smallest size a copy takes the smallest size's time
+    (the latency floor); beyond the largest it grows at the last segment's rate. Times must not decrease
+    with size (calibration makes noisy medians monotone before writing them), so neither can the model's.
+    """
+
+    bytes: list[Annotated[int, Field(ge=1)]]
+    us: list[Pos]
+
+    @model_validator(mode="after")
+    def _check(self) -> CopyTable:
+        if len(self.bytes) != len(self.us) or len(self.bytes) < 2:
+            raise ValueError("bytes and us must be of equal length, with at least 2 sizes")
+        if any(b <= a for a, b in zip(self.bytes, self.bytes[1:], strict=False)):
+            raise ValueError("bytes must be strictly increasing")
+        if any(b < a for a, b in zip(self.us, self.us[1:], strict=False)):
+            raise ValueError("us must not decrease with size (a larger copy cannot take less time)")
+        return self
+
+
+# Direction and memory kind of a measured copy table (a closed set, so that a typo is an error).
+CopyKind = Literal["h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"]
+
+
 class PcieSpec(_Strict):
     link: str = ""  # e.g. "PCIe 4.0 x16" (documentation)
     h2d_pinned_gbps: Pos
@@ -85,6 +111,8 @@ class PcieSpec(_Strict):
     d2h_pageable_gbps: Pos
     latency_us: NonNeg = 10.0
     copy_engines: int = Field(2, ge=1, le=8)  # 1: H2D and D2H share one DMA engine
+    # Measured copy time vs size; where a table is given it replaces latency_us + bytes / bandwidth.
+    copy_tables: dict[CopyKind, CopyTable] = {}
 
 
 class CpuSpec(_Strict):
