@@ -354,3 +354,58 @@ def test_hw_show_prints_the_origins(simmoe_cli):
     assert any(ln.startswith("#   borrowed (h100-sxm (datasheet)):") and "gpu.hbm_gbps" in ln for ln in head)
     assert yaml.safe_load(r.stdout)["calibration"]["provenance"]["pcie.copy_tables.h2d_pinned"]["how"] == "measured"
     assert not any("figures by origin" in ln for ln in simmoe_cli("hw", "show", "h100-sxm").stdout.splitlines())
+
+
+def test_rows_of_a_gpu_calibration_make_a_file_and_a_profile_without_base():
+    """The rows `measure.plan_gpu` + `plan_cpu` produce on a GPU machine (built here by hand: no GPU in CI)
+    become a measurements file and a profile with nothing borrowed but the schema's defaults."""
+    import pandas as pd
+
+    from simmoe.calibrate.measure import COLUMNS, _row
+    from simmoe.calibrate.measurements import from_frame
+
+    rows = [_row("host", "cuda", "launch", [6.0, 6.5, 7.0]), _row("host", "cuda", "copy_issue", [5.0]),
+            _row("host", "cuda", "sync", [12.0]), _row("kernel_min", "cuda", "add1", [2.5, 2.6]),
+            _row("host", "cpu", "dispatch", [3.0]), _row("host", "cpu", "copy_issue", [1.0]),
+            _row("host", "cpu", "sync", [0.5]),
+            _row("membw", "cuda", "copy", [2 * 2**28 / 3000e3], size_bytes=2**28, nbytes=2**29),
+            _row("membw", "cpu", "copy", [2 * 2**28 / 60e3], size_bytes=2**28, nbytes=2**29),
+            _row("gemm", "cuda", "matmul8192", [2 * 8192**3 / 800e6], dtype="bf16", tokens=8192,
+                 flops=2.0 * 8192**3),
+            _row("gemm", "cpu", "matmul2048", [2 * 2048**3 / 2000e3], dtype="bf16", tokens=2048,
+                 flops=2.0 * 2048**3)]
+    for name, (lat, bw) in {"h2d_pinned": (10, 50), "d2h_pinned": (10, 50), "h2d_pageable": (15, 10),
+                            "d2h_pageable": (15, 12)}.items():
+        rows += [_row("copy", "cuda", name, [lat + b / (bw * 1e3)], size_bytes=b, nbytes=b)
+                 for b in (4096, 2**20, 2**24, 2**26)]
+    for kind, d_ff, tokens in (("expert_ffn", 1408, (1, 4, 16, 64, 256)), ("expert_probe", 352, (1, 2))):
+        for dev, rate_f, rate_b, c, threads in (("cuda", 600e3, 2500.0, 0.0, 0), ("cpu", 1500.0, 40.0, 30.0, 4)):
+            for n in tokens:
+                fl, wb = 2 * 3 * 2048 * d_ff * n, 3 * 2048 * d_ff * 2
+                rows.append(_row(kind, dev, f"2048x{d_ff}xswiglu:bf16", [c + max(fl / (rate_f * 1e3), wb / (rate_b * 1e3))],
+                                 dtype="bf16", tokens=n, flops=fl, nbytes=wb, threads=threads,
+                                 model="deepseek-v2-lite"))
+    rows += [_row("overlap", "cuda", "copy_alone", [1300.0], size_bytes=2**26),
+             _row("overlap", "cuda", "compute_alone", [1000.0], tokens=40),
+             _row("overlap", "cuda", "overlapped", [1350.0], size_bytes=2**26, tokens=40),
+             _row("overlap", "cuda", "d2h_alone", [1300.0], size_bytes=2**26),
+             _row("overlap", "cuda", "h2d_d2h_overlapped", [1400.0], size_bytes=2**26)]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    meas = from_frame(df, device="cuda", machine={"gpu": "Test GPU", "gpu_memory_gib": "24.00", "gpu_sm_count": "82",
+                                                 "pcie_link": "PCIe 4.0 x16", "cpu": "Test CPU", "memory_gib": "64.0",
+                                                 "date": "2026-01-01T00:00:00+00:00"}, method={})
+    assert meas.gpu_ffn_timing == "gpu" and len(meas.transfer) == 8 and meas.overlap.compute_s is not None
+    assert measurements_from_dict(json.loads(dumps(meas)), "round trip") == meas
+    p = fit_profile(meas, name="gpu-box").profile
+    assert p.gpu.name == "Test GPU" and p.gpu.memory_gib == 24.0 and p.gpu.sm_count == 82
+    assert p.gpu.peak_tflops == {"bf16": 800.0} and p.gpu.hbm_gbps == 3000.0
+    assert p.gpu.kernel_min_us == 2.55 and p.host.launch_overhead_us == 6.5 and p.host.sync_us == 12.0
+    assert p.pcie.copy_engines == 2  # H2D and D2H together: 1400 us for two 1300 us copies
+    assert p.cpu.cores == 4 and p.cpu.expert_overhead_us == pytest.approx(30.0, rel=0.05)
+    assert p.kernels.expert_ffn_gpu["2048x1408xswiglu:bf16"].tokens == [1, 4, 16, 64, 256]
+    assert "2048x352xswiglu:bf16" not in p.kernels.expert_ffn_gpu  # probes feed the fit, not the tables
+    prov = p.calibration.provenance
+    assert prov["pcie.copy_engines"].how == "measured" and prov["gpu.kernel_min_us"].how == "measured"
+    borrowed = {k for k, o in prov.items() if o.how == "borrowed"}
+    assert all(prov[k].source.startswith("schema default") for k in borrowed)
+    assert "gpu.reserved_gib" in borrowed and "host.kernels_per_expert" in borrowed
