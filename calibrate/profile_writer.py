@@ -85,6 +85,9 @@ def run_calibration(
                 bar.update(1)
     finally:
         torch.set_num_threads(saved_threads)
+        # measure.set_cpu_threads flushes denormals (processor state, process-wide): back to torch's default,
+        # or later numpy/hypothesis code in this process cannot represent subnormal floats
+        torch.set_flush_denormal(False)
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=measure.COLUMNS)

@@ -287,3 +287,15 @@ def test_gpu_calibration_quick(tmp_path):
     assert p.calibration.provenance["host.launch_overhead_us"].how == "measured"
     write_profile(p, res.raw, tmp_path / "gpu.yaml")
     load_profile(tmp_path / "gpu.yaml")
+
+
+@needs_torch
+def test_calibration_leaves_subnormal_floats_alone():
+    """Measuring flushes denormals (faster CPU kernels); the process's floating-point state is restored after."""
+    from simmoe.calibrate.profile_writer import run_calibration
+    from simmoe.hw.profile import load_profile
+
+    run_calibration([_tiny_spec()], device="cpu", quick=True, base=load_profile("t4"), threads=1, progress=False,
+                    max_tokens=2)
+    assert np.nextafter(0.0, 1.0) > 0.0  # 5e-324 is not flushed to zero
+    assert float(torch.tensor([1e-310], dtype=torch.float64)[0]) > 0.0
