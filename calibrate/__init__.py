@@ -4,9 +4,11 @@
     profile, measurements = calibrate(["mixtral-8x7b"], device="cuda", quick=True)
 
 Modules: `measure` (the torch timing harness; the only module that imports torch, and only inside its
-functions), `fit` (SciPy fits, no torch), `machine` (machine facts), `profile_writer` (assemble the
-`HwProfile`, write YAML + CSV atomically). This package's `__init__` stays light: `simmoe replay` and the
-simulator import `shape_key` from here without pulling in torch or SciPy.
+functions), `measurements` (the measurements file: what `simmoe calibrate` writes and `--from` reads),
+`fit` (SciPy fits, no torch), `assemble` (a profile from measurements, with the origin of every figure),
+`machine` (machine facts), `profile_writer` (measure + fit, write YAML + JSON atomically). This package's
+`__init__` stays light: `simmoe replay` and the simulator import `shape_key` from here without pulling in
+torch or SciPy.
 
 Validation: `executor` (a real offloaded MoE executor driven by the simulator's own policy objects) and
 `validate` (executor vs simulator on the same trace and configurations, and the report; `simmoe validate`).
@@ -31,19 +33,21 @@ def calibrate(
     quick: bool = False,
     base: HwProfile | None = None,
     name: str = "calibrated",
-    threads: int | None = None,
+    threads: int | Sequence[int] | None = None,
     progress: bool = True,
+    as_device: bool = False,
 ) -> tuple[HwProfile, pd.DataFrame]:
     """Measure this machine and return (calibrated profile, raw measurements). Needs torch.
 
-    device "cuda" measures the GPU, PCIe, host launch costs and the CPU; "cpu" measures the CPU only and
-    takes the GPU, PCIe and host sections from `base` (required then). Nothing is written; see
+    device "cuda" measures the GPU, PCIe, host launch costs and the CPU; "cpu" measures the CPU (experts per
+    thread count, memcpy, dispatch) and takes the GPU, PCIe and host sections from `base` (required then),
+    unless `as_device` describes the CPU itself as the compute device. Nothing is written; see
     `profile_writer.write_profile`.
     """
     from simmoe.calibrate.profile_writer import run_calibration
 
     res = run_calibration(models, device=device, quick=quick, base=base, name=name, threads=threads,
-                          progress=progress)
+                          progress=progress, as_device=as_device)
     return res.profile, res.measurements
 
 

@@ -213,3 +213,136 @@ def kernel_table(tokens: Sequence[int], times_us: Sequence[float]) -> dict[str, 
         out_tok.append(int(n))
         out_us.append(round(float(np.median(t[tok == n])), 3))
     return {"tokens": out_tok, "us": out_us}
+
+
+# ---- copy tables ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CopyTableFit:
+    """Measured copy medians made non-decreasing in size (isotonic regression on relative errors)."""
+
+    name: str
+    size_bytes: tuple[int, ...]
+    us: tuple[float, ...]
+    rel_rms: float  # how far the monotone table is from the medians (0 when they were monotone already)
+
+    def as_table(self) -> dict[str, list]:
+        return {"bytes": list(self.size_bytes), "us": list(self.us)}
+
+
+def monotone_table(size_bytes: Sequence[float], times_us: Sequence[float], name: str = "copy") -> CopyTableFit:
+    """A copy table from (size, median time) points: sorted by size, noise that makes a larger copy faster
+    than a smaller one pooled away by isotonic regression (weights 1/t^2: relative errors count equally).
+    Needs >= 2 distinct sizes; values are rounded to 0.001 us (rounding keeps the order)."""
+    from scipy.optimize import isotonic_regression
+
+    b, t = _as_points(name, times_us, size_bytes)
+    if np.any(b < 1) or np.any(b != np.round(b)):
+        raise FitError(name, "sizes must be whole numbers of bytes >= 1")
+    order = np.argsort(b, kind="stable")
+    b, t = b[order], t[order]
+    if len(np.unique(b)) != len(b):
+        raise FitError(name, "a size is measured twice")
+    if len(b) < 2:
+        raise FitError(name, "needs at least 2 sizes")
+    y = isotonic_regression(t, weights=1.0 / t**2, increasing=True).x
+    us = tuple(round(float(v), 3) for v in y)
+    return CopyTableFit(name, tuple(int(v) for v in b), us, rel_rms(us, t))
+
+
+# ---- eager expert calls (host launch gaps included) ----------------------------------------------------
+GATED = ("swiglu", "geglu")
+
+
+def call_kernels(activation: str) -> int:
+    """Kernels the benchmarked expert function launches: linear, act, linear, mul, linear for a gated
+    activation, linear, act, linear otherwise (measure._expert_fn; the H100 file's method is the same)."""
+    return 5 if activation in GATED else 3
+
+
+@dataclass(frozen=True)
+class ExpertCallFit:
+    """One eager expert call timed from before the Python call to after it, as the simulator's timeline
+    plays n kernels of total GPU time D launched L apart on an idle GPU:
+
+        t = max(L + D, n L + D / n),   D = max(flops / (gflops * 1e3), bytes / (gbps * 1e3))
+
+    GPU-bound calls (D >= n L) show D; host-bound ones (small experts) show n L: the launch cost.
+    """
+
+    name: str
+    launch_us: float
+    gflops: float
+    gbps: float
+    rel_rms: float
+    n_points: int
+    n_gpu_bound: int
+    notes: tuple[str, ...] = field(default=())
+
+    def gpu_us(self, flops: float | np.ndarray, nbytes: float | np.ndarray) -> np.ndarray:
+        f = np.asarray(flops, dtype=float) / (self.gflops * 1e3)
+        m = np.asarray(nbytes, dtype=float) / (self.gbps * 1e3)
+        return np.maximum(f, m)
+
+    def predict(self, flops: float | np.ndarray, nbytes: float | np.ndarray,
+                kernels: float | np.ndarray) -> np.ndarray:
+        d, n, L = self.gpu_us(flops, nbytes), np.asarray(kernels, dtype=float), self.launch_us
+        return np.maximum(L + d, n * L + d / n)
+
+    def gpu_bound(self, flops: float | np.ndarray, nbytes: float | np.ndarray,
+                  kernels: float | np.ndarray) -> np.ndarray:
+        return self.gpu_us(flops, nbytes) >= np.asarray(kernels, dtype=float) * self.launch_us
+
+
+def fit_expert_calls(flops: Sequence[float], nbytes: Sequence[float], kernels: Sequence[float],
+                     times_us: Sequence[float], name: str = "expert_calls") -> ExpertCallFit:
+    """Fit the launch cost L and the GPU's achieved compute and streaming rates to eager expert calls over
+    token counts and shapes (relative residuals, multi-start least squares). Needs host-bound calls (small
+    experts) for L and GPU-bound ones (a large expert) for the rates; a rate no GPU-bound call is limited by
+    is reported as a bound in `notes`."""
+    f, m, n, t = _as_points(name, times_us, flops, nbytes, kernels)
+    if len(t) < 4:
+        raise FitError(name, f"needs at least 4 measurements, got {len(t)}")
+    if np.any(f <= 0) or np.any(m <= 0) or np.any(n < 1):
+        raise FitError(name, "flops and bytes must be > 0 and kernels >= 1")
+    if len(np.unique(f)) < 2:
+        raise FitError(name, "needs at least 2 distinct token counts")
+    tmin = float(t.min())
+    lf0, lm0 = float(np.log(np.max(f / t))), float(np.log(np.max(m / t)))
+
+    def predict(p: np.ndarray) -> np.ndarray:
+        d = np.maximum(f * np.exp(-p[1]), m * np.exp(-p[2]))
+        return np.maximum(p[0] + d, n * p[0] + d / n)
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        return predict(p) / t - 1.0
+
+    span = 12.0
+    lo, hi = [0.0, lf0 - 2.0, lm0 - 2.0], [tmin, lf0 + span, lm0 + span]
+    best = None
+    for lfrac in (0.1, 0.3, 0.6):
+        for df, dm in ((0.0, 0.0), (0.7, 0.7), (0.7, -0.3), (-0.3, 0.7), (2.0, 2.0)):
+            x0 = np.clip([lfrac * tmin / max(1.0, float(n.min())), lf0 + df, lm0 + dm],
+                         np.add(lo, 1e-9), np.subtract(hi, 1e-9))
+            r = least_squares(resid, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=3000)
+            if best is None or r.cost < best.cost:
+                best = r
+    assert best is not None
+    L, rate_f, rate_m = float(best.x[0]), float(np.exp(best.x[1])), float(np.exp(best.x[2]))
+    if not all(np.isfinite([L, rate_f, rate_m])):
+        raise FitError(name, "did not converge (non-finite parameters)")
+    notes: list[str] = []
+    comp, mem = f / rate_f, m / rate_m
+    gpu_bound = np.maximum(comp, mem) >= n * L
+    if not gpu_bound.any():
+        notes.append("no call is GPU-bound: the GPU's rates are undetermined (only lower bounds)")
+    elif not np.any(gpu_bound & (mem > comp)):
+        rate_m = float(np.max(m[gpu_bound] / comp[gpu_bound]))
+        notes.append("no GPU-bound call is bandwidth-bound: gbps is a lower bound")
+    elif not np.any(gpu_bound & (comp > mem)):
+        rate_f = float(np.max(f[gpu_bound] / mem[gpu_bound]))
+        notes.append("no GPU-bound call is compute-bound: gflops is a lower bound")
+    if gpu_bound.all():
+        notes.append("no call is host-bound: launch_us is determined only through the GPU-bound calls")
+    out = ExpertCallFit(name, L, rate_f / 1e3, rate_m / 1e3, 0.0, len(t), int(gpu_bound.sum()), tuple(notes))
+    return ExpertCallFit(name, L, out.gflops, out.gbps, rel_rms(out.predict(f, m, n), t), len(t),
+                         int(gpu_bound.sum()), tuple(notes))

@@ -10,16 +10,20 @@ synchronous calls. Every point is warmed up, repeated (fewer repetitions for slo
 the median (with min and max). Expert weights rotate over enough copies to exceed the last-level cache, as
 in serving, where an expert's weights come from DRAM/HBM, not from the cache.
 
-Each row has the columns `COLUMNS`; `kind` says what was measured:
-    copy        one H2D / D2H copy (name h2d_pinned, h2d_pageable, d2h_pinned, d2h_pageable; size_bytes)
-    host        host time per operation (name launch, copy_issue, sync on cuda; dispatch on cpu)
+Each row has the columns `COLUMNS` (measurements.COLUMNS); `kind` says what was measured:
+    copy        one H2D / D2H copy (name h2d_pinned, h2d_pageable, d2h_pinned, d2h_pageable; size_bytes);
+                on the CPU a memcpy between two host buffers, both ways (h2d_pageable, d2h_pageable)
+    host        host time per operation (name launch, copy_issue, sync on cuda; dispatch, copy_issue, sync
+                on cpu)
     kernel_min  GPU time of the smallest kernel (a 1-element add)
     membw       a large device-to-same-device copy (bytes = bytes read + written)
     gemm        a large square matmul (tokens = n, flops = 2 n^3)
-    expert_ffn  one expert of a model's shape (name = shape key; tokens, flops, bytes = weight bytes)
+    expert_ffn  one expert of a model's shape (name = shape key; tokens, flops, bytes = weight bytes;
+                threads on the CPU, where each thread count asked for gets its own rows)
     expert_probe  the same at a quarter of the width: separates per-call overhead from bandwidth in the fit
-    dense       batch-1 dense kernels of a model (name = model:q_proj / kv_proj / o_proj / router)
-    overlap     copy alone, compute alone, both serial, both on two streams; h2d + d2h alone and together
+    overlap     copy alone, compute alone, both on two streams; d2h alone, h2d + d2h together
+
+`measurements.from_frame` turns the rows into the measurements file `simmoe calibrate --from` reads.
 """
 
 from __future__ import annotations
@@ -34,10 +38,30 @@ from typing import Any
 import numpy as np
 
 from simmoe.calibrate import compute_dtype, shape_key
+from simmoe.calibrate.measurements import COLUMNS  # noqa: F401 - the rows' columns, re-exported
 from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
 
-COLUMNS = ["kind", "device", "name", "dtype", "size_bytes", "tokens", "flops", "bytes",
-           "median_us", "min_us", "max_us", "reps"]
+# How each table was taken (the measurements file's `method`).
+METHOD = {
+    "host": "host time of N eager operations in a row / N: cuda: launch = x.add_(1.0) on a 1-element GPU "
+            "tensor, copy_issue = a 1 KiB pinned H2D copy_(non_blocking=True), the GPU drained before each "
+            "repetition; sync = .item(); cpu: dispatch = x.add(1.0) on 16 floats, copy_issue = a 1 KiB copy_, "
+            "sync = .item(); seconds per operation",
+    "kernel_min": "GPU time of a 1-element add between CUDA events, the stream parked on a spin kernel first",
+    "membw": "one large tensor copy_ on the device; bytes = read + written",
+    "gemm": "F.linear(a, b) of two n x n matrices (2 n^3 FLOP)",
+    "transfer": "cuda: tensor.copy_ between a touched host tensor (pinned: non_blocking) and a device tensor, "
+                "CUDA events around each copy, the stream parked on a spin kernel first; cpu: copy_ between two "
+                "touched host tensors (h2d: store -> slot, d2h: back), perf_counter; seconds",
+    "gpu_ffn": "one routed expert, random weights rotating over more than the last-level cache: "
+               "relu(x@w1.T)@w2.T or (act(x@w1.T)*(x@w3.T))@w2.T in eager PyTorch; CUDA events with the stream "
+               "parked on a spin kernel first, so the time is the GPU's only (gpu_ffn_timing: gpu); probe rows: "
+               "a quarter of the width, to separate the per-call overhead from the bandwidth",
+    "cpu_ffn": "the same experts on the CPU with torch at each thread count; perf_counter around the call",
+    "overlap": "an H2D copy (pinned) on a second stream while square bf16 matmuls run on the compute stream: "
+               "the copy alone, the matmuls alone (compute_s), both together; a D2H copy alone and H2D + D2H "
+               "on two streams",
+}
 
 KIB, MIB, GIB = 2**10, 2**20, 2**30
 SPIN_CYCLES = 1_000_000  # ~0.5 ms on a 2 GHz GPU: longer than the host needs to queue one repetition
@@ -128,7 +152,7 @@ class ExpertShape:
         return 2.0 * self.mats * self.d_model * self.d_ff * tokens
 
     def probe(self) -> ExpertShape:
-        return ExpertShape(self.d_model, max(64, self.d_ff // 4), self.activation, self.dtype)
+        return ExpertShape(self.d_model, max(64, self.d_ff // 4), self.activation, self.dtype, self.models)
 
 
 def expert_shapes(models: Sequence[ModelSpec]) -> list[ExpertShape]:
@@ -145,12 +169,13 @@ def expert_shapes(models: Sequence[ModelSpec]) -> list[ExpertShape]:
 
 
 def _row(kind: str, device: str, name: str, times_us: Sequence[float], *, dtype: str = "",
-         size_bytes: int = 0, tokens: int = 0, flops: float = 0.0, nbytes: float = 0.0) -> Row:
+         size_bytes: int = 0, tokens: int = 0, flops: float = 0.0, nbytes: float = 0.0, threads: int = 0,
+         model: str = "") -> Row:
     t = np.asarray(times_us, dtype=float)
     return {"kind": kind, "device": device, "name": name, "dtype": dtype, "size_bytes": int(size_bytes),
             "tokens": int(tokens), "flops": float(flops), "bytes": float(nbytes),
             "median_us": float(np.median(t)), "min_us": float(t.min()), "max_us": float(t.max()),
-            "reps": int(len(t))}
+            "reps": int(len(t)), "threads": int(threads), "model": model}
 
 
 def _torch_dtype(name: str) -> Any:
@@ -234,7 +259,7 @@ def _expert_weights(shape: ExpertShape, device: str, copies: int) -> list[tuple[
 
 
 def _measure_expert(shape: ExpertShape, device: str, st: Settings, tokens: Sequence[int], kind: str,
-                    name: str) -> list[Row]:
+                    name: str, threads: int = 0) -> list[Row]:
     import torch
 
     copies = max(1, min(32, math.ceil(st.rotate_bytes / shape.weight_bytes)))
@@ -256,7 +281,7 @@ def _measure_expert(shape: ExpertShape, device: str, st: Settings, tokens: Seque
 
             times = time_cuda(call, st) if device == "cuda" else time_host(call, st)
             rows.append(_row(kind, device, name, times, dtype=shape.dtype, tokens=n, flops=shape.flops(n),
-                             nbytes=shape.weight_bytes))
+                             nbytes=shape.weight_bytes, threads=threads, model=",".join(shape.models)))
             if float(np.median(times)) > st.max_call_s * 1e6:
                 break  # larger token counts extrapolate from the table's slope
     return rows
@@ -270,41 +295,67 @@ def set_cpu_threads(threads: int) -> None:
     torch.set_flush_denormal(True)
 
 
-def plan_cpu(models: Sequence[ModelSpec], st: Settings, threads: int) -> list[Step]:
-    """CPU steps: dispatch cost, memory bandwidth, GEMM peak, expert FFN per shape (+ its probe)."""
+def plan_cpu(models: Sequence[ModelSpec], st: Settings, threads: Sequence[int] | int,
+             memory_bytes: int = 0, memcpy: bool = True) -> list[Step]:
+    """CPU steps: per-op dispatch, copy-issue and sync costs, memory bandwidth, GEMM peak, memcpy time vs size
+    (the link of the CPU as a device; left out with `memcpy=False`, when a GPU's copies are measured) at the
+    first thread count; expert FFN per shape (+ its probe) at every thread count in `threads`."""
+    counts = [threads] if isinstance(threads, int) else list(dict.fromkeys(threads))
+    t0 = counts[0]
     shapes = expert_shapes(models)
     dtypes = list(dict.fromkeys(s.dtype for s in shapes))
 
-    def dispatch() -> list[Row]:
+    def host_costs() -> list[Row]:
         import torch
 
-        set_cpu_threads(threads)
-        x = torch.zeros(16)
+        set_cpu_threads(t0)
+        x, y = torch.zeros(16), torch.ones(1)
+        src, dst = torch.ones(1024, dtype=torch.uint8), torch.zeros(1024, dtype=torch.uint8)
         n = st.launch_n
 
-        def many(_: int) -> None:
-            for _ in range(n):
-                x.add(1.0)
+        def per_op(op: Callable[[], object]) -> list[float]:
+            def many(_: int) -> None:
+                for _ in range(n):
+                    op()
 
-        times = time_host(many, st, reps=5)
-        return [_row("host", "cpu", "dispatch", [t / n for t in times])]
+            return [t / n for t in time_host(many, st, reps=5)]
+
+        return [_row("host", "cpu", "dispatch", per_op(lambda: x.add(1.0))),
+                _row("host", "cpu", "copy_issue", per_op(lambda: dst.copy_(src))),
+                _row("host", "cpu", "sync", per_op(lambda: y.item()))]
 
     def membw() -> list[Row]:
         import torch
 
-        set_cpu_threads(threads)
+        set_cpu_threads(t0)
         nbytes = st.membw_bytes
         src = torch.ones(nbytes // 4, dtype=torch.float32)
         dst = torch.zeros_like(src)
         times = time_host(lambda _: dst.copy_(src), st)
         return [_row("membw", "cpu", "copy", times, size_bytes=nbytes, nbytes=2 * nbytes)]
 
+    def memcpy_sizes() -> list[Row]:
+        import torch
+
+        set_cpu_threads(t0)
+        cap = memory_bytes // 8 if memory_bytes else 4 * GIB
+        sizes = [s for s in st.copy_sizes if s <= cap] or [min(st.copy_sizes)]
+        a = torch.ones(max(sizes), dtype=torch.uint8)  # touched: no first-touch page faults while timing
+        b = torch.ones(max(sizes), dtype=torch.uint8)
+        rows = []
+        for size in sizes:
+            for name, (dst, src) in (("h2d_pageable", (b, a)), ("d2h_pageable", (a, b))):
+                d, s_ = dst[:size], src[:size]
+                times = time_host(lambda _, d=d, s_=s_: d.copy_(s_), st)
+                rows.append(_row("copy", "cpu", name, times, size_bytes=size, nbytes=size))
+        return rows
+
     def gemm(dtype: str) -> Callable[[], list[Row]]:
         def run() -> list[Row]:
             import torch
             import torch.nn.functional as F
 
-            set_cpu_threads(threads)
+            set_cpu_threads(t0)
             n = st.cpu_gemm_n
             a = torch.randn(n, n).to(_torch_dtype(dtype))
             b = torch.randn(n, n).to(_torch_dtype(dtype))
@@ -316,28 +367,31 @@ def plan_cpu(models: Sequence[ModelSpec], st: Settings, threads: int) -> list[St
 
         return run
 
-    def expert(shape: ExpertShape, probe: bool) -> Callable[[], list[Row]]:
+    def expert(shape: ExpertShape, probe: bool, nthreads: int) -> Callable[[], list[Row]]:
         def run() -> list[Row]:
-            set_cpu_threads(threads)
+            set_cpu_threads(nthreads)
             if probe:
                 p = shape.probe()
-                return _measure_expert(p, "cpu", st, st.probe_tokens, "expert_probe", p.key)
-            return _measure_expert(shape, "cpu", st, st.tokens, "expert_ffn", shape.key)
+                return _measure_expert(p, "cpu", st, st.probe_tokens, "expert_probe", p.key, nthreads)
+            return _measure_expert(shape, "cpu", st, st.tokens, "expert_ffn", shape.key, nthreads)
 
         return run
 
-    steps = [Step("cpu dispatch cost", dispatch), Step("cpu memory bandwidth", membw)]
+    steps = [Step("cpu dispatch, copy-issue and sync cost", host_costs), Step("cpu memory bandwidth", membw)]
+    if memcpy:
+        steps.append(Step("cpu memcpy time vs size", memcpy_sizes))
     steps += [Step(f"cpu {d} GEMM peak", gemm(d)) for d in dtypes]
-    for s in shapes:
-        steps.append(Step(f"cpu expert {s.key} (probe)", expert(s, True)))
-        steps.append(Step(f"cpu expert {s.key}", expert(s, False)))
+    for n in counts:
+        for s in shapes:
+            steps.append(Step(f"cpu expert {s.key} (probe), {n} threads", expert(s, True, n)))
+            steps.append(Step(f"cpu expert {s.key}, {n} threads", expert(s, False, n)))
     return steps
 
 
 # ---- GPU ------------------------------------------------------------------------------------------------
 def plan_gpu(models: Sequence[ModelSpec], st: Settings) -> list[Step]:
     """GPU steps: host launch / copy-issue / sync costs, PCIe copies, GEMM peak, HBM bandwidth, expert FFN per
-    shape (+ probe), batch-1 dense kernels, copy/compute and H2D/D2H overlap."""
+    shape (+ probe), copy/compute and H2D/D2H overlap."""
     shapes = expert_shapes(models)
     dtypes = list(dict.fromkeys(s.dtype for s in shapes))
 
@@ -428,30 +482,6 @@ def plan_gpu(models: Sequence[ModelSpec], st: Settings) -> list[Step]:
 
         return run
 
-    def dense(m: ModelSpec) -> Callable[[], list[Row]]:
-        def run() -> list[Row]:
-            import torch
-            import torch.nn.functional as F
-
-            dname = m.dtype if m.dtype in ("bf16", "fp16", "fp32") else "bf16"
-            dt = _torch_dtype(dname)
-            q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
-            rows = []
-            with torch.inference_mode():
-                for part, (out_f, in_f) in (("q_proj", (q, m.d_model)), ("kv_proj", (kv, m.d_model)),
-                                            ("o_proj", (m.d_model, q)), ("router", (m.num_experts, m.d_model))):
-                    wbytes = out_f * in_f * dt.itemsize
-                    copies = max(1, min(32, math.ceil(st.rotate_bytes / wbytes)))
-                    ws = [torch.empty(out_f, in_f, dtype=dt, device="cuda").normal_(0, 0.02)
-                          for _ in range(copies)]
-                    x = torch.randn(1, in_f, dtype=dt, device="cuda")
-                    times = time_cuda(lambda i, x=x, ws=ws: F.linear(x, ws[i % len(ws)]), st)
-                    rows.append(_row("dense", "cuda", f"{m.name}:{part}", times, dtype=dname,
-                                     tokens=1, flops=2.0 * out_f * in_f, nbytes=wbytes))
-            return rows
-
-        return run
-
     def overlap() -> list[Row]:
         import torch
 
@@ -495,11 +525,8 @@ def plan_gpu(models: Sequence[ModelSpec], st: Settings) -> list[Step]:
             rows = [
                 _row("overlap", "cuda", "copy_alone", time_cuda(h2d, st), size_bytes=nbytes),
                 _row("overlap", "cuda", "compute_alone", time_cuda(compute, st), tokens=k),
-                _row("overlap", "cuda", "serial", time_cuda(lambda _: (h2d(), compute()), st),
-                     size_bytes=nbytes, tokens=k),
                 _row("overlap", "cuda", "overlapped", time_cuda(on_side([compute, h2d], [side]), st),
                      size_bytes=nbytes, tokens=k),
-                _row("overlap", "cuda", "h2d_alone", time_cuda(h2d, st), size_bytes=nbytes),
                 _row("overlap", "cuda", "d2h_alone", time_cuda(d2h, st), size_bytes=nbytes),
                 _row("overlap", "cuda", "h2d_d2h_overlapped",
                      time_cuda(on_side([lambda: None, h2d, d2h], [side, side2]), st), size_bytes=nbytes),
@@ -514,7 +541,6 @@ def plan_gpu(models: Sequence[ModelSpec], st: Settings) -> list[Step]:
     for s in shapes:
         steps.append(Step(f"gpu expert {s.key} (probe)", expert(s, True)))
         steps.append(Step(f"gpu expert {s.key}", expert(s, False)))
-    steps += [Step(f"gpu dense kernels {m.name}", dense(m)) for m in models]
     steps.append(Step("gpu copy/compute overlap", overlap))
     return steps
 

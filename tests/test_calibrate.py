@@ -6,7 +6,6 @@ import argparse
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 from conftest import assert_clean_error
 
@@ -118,19 +117,30 @@ def _tiny_spec():
 
 @needs_torch
 def test_cpu_calibration_quick_end_to_end(tmp_path):
-    from simmoe.calibrate.profile_writer import measurements_path, run_calibration, write_profile
-    from simmoe.hw.profile import load_profile
+    from simmoe.calibrate.measurements import load_measurements
+    from simmoe.calibrate.profile_writer import (
+        fit_from_file,
+        measurements_path,
+        run_calibration,
+        write_profile,
+    )
+    from simmoe.hw.profile import load_profile, origins
 
     base = load_profile("rtx3090")
     spec = _tiny_spec()
-    res = run_calibration([spec], device="cpu", quick=True, base=base, name="cpu-test", threads=1,
-                          progress=False, max_tokens=16)
+    res = run_calibration([spec], device="cpu", quick=True, base=base, base_label="rtx3090", name="cpu-test",
+                          threads=1, progress=False, max_tokens=16)
     p = res.profile
     assert p.source == "calibrated" and p.name == "cpu-test"
-    assert p.calibration.machine["measured"] == "cpu"
-    assert "CPU-ONLY" in p.description
-    # Only the CPU is measured: the GPU, PCIe and host sections are the base profile's.
+    assert p.calibration.machine["device"] == "cpu"
+    assert "host of offloaded experts" in p.description
+    # Only the CPU is measured: the GPU, PCIe and host sections are the base profile's, and say so.
     assert p.gpu == base.gpu and p.pcie == base.pcie and p.host == base.host
+    prov = p.calibration.provenance
+    for sec in ("gpu", "host", "pcie"):
+        assert prov[sec].how == "borrowed" and "rtx3090" in prov[sec].source
+    assert prov["cpu.expert_overhead_us"].how == "fitted" and prov["cpu.cores"].how == "measured"
+    assert {how for how, _ in origins(p).values()} <= {"measured", "fitted", "borrowed"}
     key = model_shape_key(spec)
     table = p.kernels.expert_ffn_cpu[key]
     assert table.tokens == [1, 2, 4, 8, 16]
@@ -138,16 +148,21 @@ def test_cpu_calibration_quick_end_to_end(tmp_path):
     assert p.cpu.cores == 1 and p.cpu.memory_gbps > 0 and p.cpu.peak_gflops > 0
     assert set(p.calibration.residuals) >= {"cpu.expert_ffn:fp32", f"cpu.expert_ffn:{key}"}
     df = res.measurements
-    assert set(df["kind"]) == {"host", "membw", "gemm", "expert_ffn", "expert_probe"}
+    assert set(df["kind"]) == {"host", "membw", "gemm", "copy", "expert_ffn", "expert_probe"}
+    assert set(df[df["kind"] == "host"]["name"]) == {"dispatch", "copy_issue", "sync"}
     assert (df["median_us"] > 0).all() and (df["min_us"] <= df["median_us"]).all()
 
-    yaml_path, csv_path = write_profile(p, df, tmp_path / "cpu-test.yaml")
-    assert csv_path == measurements_path(yaml_path) == tmp_path / "cpu-test.csv"
+    yaml_path, json_path = write_profile(p, res.raw, tmp_path / "cpu-test.yaml")
+    assert json_path == measurements_path(yaml_path) == tmp_path / "cpu-test.json"
     back = load_profile(yaml_path)
     assert back.kernels.expert_ffn_cpu[key].tokens == table.tokens
-    assert back.calibration.measurements == "cpu-test.csv"
-    assert len(pd.read_csv(csv_path)) == len(df)
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["cpu-test.csv", "cpu-test.yaml"]  # no temporaries
+    assert back.calibration.measurements == "cpu-test.json"
+    assert load_measurements(json_path) == res.raw
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["cpu-test.json", "cpu-test.yaml"]  # no temporaries
+    # measuring and fitting are split: fitting the written measurements again gives the same profile
+    again = fit_from_file(json_path, name="cpu-test", base=base, base_label="rtx3090")
+    assert again.profile.model_dump(exclude={"calibration"}) == p.model_dump(exclude={"calibration"})
+    assert again.profile.calibration.provenance == p.calibration.provenance
 
 
 @needs_torch
@@ -157,6 +172,8 @@ def test_calibrate_api_returns_profile_and_measurements():
 
     with pytest.raises(InputError, match="base profile"):
         calibrate([_tiny_spec()], device="cpu", quick=True)
+    with pytest.raises(InputError, match="--device cpu"):
+        calibrate([_tiny_spec()], device="cuda", as_device=True, quick=True)
     prof, df = calibrate([_tiny_spec()], device="cpu", quick=True, base=load_profile("t4"), threads=1,
                          progress=False)
     assert prof.source == "calibrated" and len(df) > 5
@@ -168,16 +185,64 @@ def test_calibrate_cli_cpu_quick(simmoe_cli, tmp_path):
     r = simmoe_cli("calibrate", "--device", "cpu", "--base", "rtx3090", "--quick", "--max-tokens", "4",
                    "--threads", "1", "--model", "olmoe-1b-7b", "--no-progress", "--out", out)
     assert r.returncode == 0, r.stderr
-    assert "CPU-ONLY calibration" in r.stdout and "2048x1024xswiglu:bf16" in r.stdout
+    assert "BORROWED from rtx3090" in r.stdout and "2048x1024xswiglu:bf16" in r.stdout
+    assert "borrowed (rtx3090 (datasheet)): gpu, host, pcie" in r.stdout  # listed, not silent
     from simmoe.hw.profile import load_profile
 
     p = load_profile(out)
     assert p.kernels.expert_ffn_cpu["2048x1024xswiglu:bf16"].tokens == [1, 2, 4]
-    assert (tmp_path / "box.csv").is_file()
+    assert (tmp_path / "box.json").is_file()
+
+
+@needs_torch
+def test_calibrate_cli_cpu_as_device_with_thread_tables_and_from(simmoe_cli, tmp_path):
+    """The CPU as the compute device: its own rates, memcpy as the link, dispatch as the launch cost, expert
+    tables per thread count; `--from` on the written measurements reproduces the profile byte for byte."""
+    from simmoe.calibrate.measurements import load_measurements
+    from simmoe.hw.profile import load_profile
+
+    out = tmp_path / "cpu-dev.yaml"
+    r = simmoe_cli("calibrate", "--device", "cpu", "--as-device", "--quick", "--max-tokens", "4", "--threads",
+                   "1", "2", "--model", "olmoe-1b-7b", "--no-progress", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "at 1 threads (in the profile)" in r.stdout and "at 2 threads, us by tokens" in r.stdout
+    p = load_profile(out)
+    key = "2048x1024xswiglu:bf16"
+    assert "(CPU as the compute device)" in p.gpu.name and p.gpu.sm_count is None
+    assert p.kernels.expert_ffn_gpu[key] == p.kernels.expert_ffn_cpu[key]
+    assert p.host.launch_overhead_us == p.gpu.kernel_min_us > 0  # the dispatch cost of one op
+    assert p.host.copy_issue_us > 0 and p.host.sync_us > 0
+    assert set(p.pcie.copy_tables) == {"h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"}
+    assert p.pcie.copy_tables["h2d_pinned"] == p.pcie.copy_tables["h2d_pageable"]
+    prov = p.calibration.provenance
+    assert prov["pcie.copy_tables.h2d_pageable"].how == "measured"
+    assert prov["pcie.copy_tables.h2d_pinned"].how == "assumed"
+    assert prov["host.launch_overhead_us"].how == "measured" and prov["gpu.hbm_gbps"].how == "measured"
+    assert prov["gpu.peak_tflops.bf16"].how == "measured"
+    assert not any(o.how == "borrowed" and "schema" not in o.source for o in prov.values())  # no --base
+    meas = load_measurements(tmp_path / "cpu-dev.json")
+    assert meas.device == "cpu" and {row.threads for row in meas.cpu_ffn} == {1, 2}
+
+    again = tmp_path / "again"
+    again.mkdir()
+    r2 = simmoe_cli("calibrate", "--from", tmp_path / "cpu-dev.json", "--as-device", "--threads", "1",
+                    "--out", again / "cpu-dev.yaml")
+    assert r2.returncode == 0, r2.stderr
+    assert (again / "cpu-dev.yaml").read_text() == out.read_text()
+    assert (again / "cpu-dev.json").read_text() == (tmp_path / "cpu-dev.json").read_text()
+    # the 2-thread tables make a 2-thread profile from the same file
+    r3 = simmoe_cli("calibrate", "--from", tmp_path / "cpu-dev.json", "--as-device", "--threads", "2",
+                    "--out", again / "cpu-dev-2t.yaml")
+    assert r3.returncode == 0, r3.stderr
+    p2 = load_profile(again / "cpu-dev-2t.yaml")
+    assert p2.cpu.cores == 2
+    assert p2.kernels.expert_ffn_cpu[key] != p.kernels.expert_ffn_cpu[key]
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--device", "cpu", "--out", "{d}/x.yaml"], ["--base"]),
+    (["--device", "cpu", "--out", "{d}/x.yaml"], ["--base", "--as-device"]),
+    (["--device", "cuda", "--as-device", "--out", "{d}/x.yaml"], ["--as-device", "--device cpu"]),
+    (["--device", "cpu", "--as-device", "--threads", "0", "--out", "{d}/x.yaml"], ["--threads"]),
     (["--device", "cpu", "--base", "rtx3090", "--out", "{d}/x.json"], ["--out", ".yaml"]),
     (["--device", "cpu", "--base", "rtx3090", "--model", "nope", "--out", "{d}/x.yaml"], ["unknown model"]),
     (["--device", "cpu", "--base", "rtx3090", "--max-tokens", "1", "--out", "{d}/x.yaml"], ["--max-tokens"]),
@@ -211,12 +276,26 @@ def test_gpu_calibration_quick(tmp_path):
                           base=None)
     p = res.profile
     assert p.source == "calibrated"
-    assert p.calibration.machine["measured"] == "gpu, pcie, host, cpu"
+    assert p.calibration.machine["measured"] == "host, kernel_min, membw, gemm, transfer, gpu_ffn, cpu_ffn, overlap"
+    assert set(p.pcie.copy_tables) == {"h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"}
     for nm in ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"):
         assert res.fits.copies[nm].gbps > 0.5
     assert p.pcie.h2d_pinned_gbps > p.pcie.h2d_pageable_gbps * 0.8
     assert "2048x1408xswiglu:bf16" in p.kernels.expert_ffn_gpu
     assert 0 <= res.figures["gpu.copy_compute_overlap"] <= 1
-    assert set(res.measurements["kind"]) >= {"copy", "host", "dense", "overlap", "expert_ffn"}
-    write_profile(p, res.measurements, tmp_path / "gpu.yaml")
+    assert set(res.measurements["kind"]) >= {"copy", "host", "overlap", "expert_ffn"}
+    assert p.calibration.provenance["host.launch_overhead_us"].how == "measured"
+    write_profile(p, res.raw, tmp_path / "gpu.yaml")
     load_profile(tmp_path / "gpu.yaml")
+
+
+@needs_torch
+def test_calibration_leaves_subnormal_floats_alone():
+    """Measuring flushes denormals (faster CPU kernels); the process's floating-point state is restored after."""
+    from simmoe.calibrate.profile_writer import run_calibration
+    from simmoe.hw.profile import load_profile
+
+    run_calibration([_tiny_spec()], device="cpu", quick=True, base=load_profile("t4"), threads=1, progress=False,
+                    max_tokens=2)
+    assert np.nextafter(0.0, 1.0) > 0.0  # 5e-324 is not flushed to zero
+    assert float(torch.tensor([1e-310], dtype=torch.float64)[0]) > 0.0

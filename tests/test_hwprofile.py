@@ -324,6 +324,10 @@ def test_calibrated_needs_calibration_section(tmp_path):
     e = _error(_write(tmp_path, d))
     assert e.field == "calibration"
     d["calibration"] = {"date": "2026-11-23", "machine": {"gpu": "RTX 3090"}}  # bare date -> string
+    e = _error(_write(tmp_path, d))  # ... and the origin of every figure
+    assert e.field == "calibration" and "provenance: no origin stated for gpu.name" in e.message
+    d["calibration"]["provenance"] = {k: {"how": "borrowed", "source": "test"} for k in (
+        "gpu", "host", "pcie", "cpu", "nvme", "kernels", "price_usd_per_hour")}
     assert load_profile(_write(tmp_path, d)).calibration.date == "2026-11-23"
 
 

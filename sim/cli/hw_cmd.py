@@ -24,6 +24,7 @@ from simmoe.hw.profile import (
     load_profile,
     resolve_profile_path,
 )
+from simmoe.hw.provenance import origin_lines
 
 # (row key, column title, alignment, number format)
 _COLUMNS = (
@@ -67,6 +68,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(profile.model_dump(), indent=2))
     else:
         sys.stdout.write(f"# {profile.name}: validated, every default filled in (from {path})\n")
+        sys.stdout.writelines(f"# {line}\n" for line in origin_lines(profile))
         sys.stdout.write(dump_profile(profile))
     return 0
 

@@ -2,7 +2,8 @@
 
 GPU and CPU kernels use a roofline (max of compute time and memory time at the profile's efficiencies),
 floored by the shortest kernel; calibrated profiles replace the expert-FFN estimate by the measured table
-for the expert's shape. Copies cost latency + bytes / bandwidth.
+for the expert's shape. Copies cost latency + bytes / bandwidth, or, where the profile has a measured copy
+table for the direction and memory kind, the table interpolated (`copy_table_us`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from simmoe.hw.kernel_keys import compute_dtype
 from simmoe.hw.kernel_keys import shape_key as _shape_key
-from simmoe.hw.profile import HwProfile, KernelTable
+from simmoe.hw.profile import CopyTable, HwProfile, KernelTable
 from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
 
 
@@ -25,13 +26,28 @@ def shape_key(spec: ModelSpec, dtype: str | None = None) -> str:
     return _shape_key(spec.d_model, spec.expert_d_ff, spec.activation, dtype or spec.expert_dtype)
 
 
-def _table_us(table: KernelTable, tokens: int) -> float:
+def kernel_table_us(table: KernelTable, tokens: int) -> float:
     x = np.asarray(table.tokens, dtype=float)
     y = np.asarray(table.us, dtype=float)
     if tokens <= x[-1] or len(x) == 1:
         return float(np.interp(tokens, x, y))
     slope = (y[-1] - y[-2]) / (x[-1] - x[-2])  # extrapolate linearly beyond the last measurement
     return float(y[-1] + slope * (tokens - x[-1]))
+
+
+def copy_table_us(table: CopyTable, nbytes: float) -> float:
+    """Time of an `nbytes` copy from a measured table: linear between measured sizes (exact at them), the
+    smallest size's time below it (a copy costs at least the latency floor), and beyond the largest size the
+    last segment's rate (the last point's mean rate where that segment is flat). Monotone in `nbytes`."""
+    x, y = table.bytes, table.us
+    if nbytes <= x[0]:
+        return float(y[0])
+    if nbytes <= x[-1]:
+        return float(np.interp(nbytes, x, y))
+    rate = (y[-1] - y[-2]) / (x[-1] - x[-2])  # us per byte
+    if rate <= 0:
+        rate = y[-1] / x[-1]
+    return float(y[-1] + rate * (nbytes - x[-1]))
 
 
 class CostModel:
@@ -58,6 +74,8 @@ class CostModel:
         p = hw.pcie
         self._h2d_gbps = p.h2d_pinned_gbps if pinned else p.h2d_pageable_gbps
         self._d2h_gbps = p.d2h_pinned_gbps if pinned else p.d2h_pageable_gbps
+        self._copy_tables = p.copy_tables
+        self._copy_memo: dict[tuple[str, float, bool], float] = {}  # the replay copies few distinct sizes
         self.launch_us = hw.host.launch_overhead_us
         # cache per-token-count answers: the engine asks the same few sizes millions of times
         self.expert_gpu_us = lru_cache(maxsize=4096)(self._expert_gpu_us)
@@ -72,7 +90,7 @@ class CostModel:
     def _expert_gpu_us(self, tokens: int) -> float:
         """One routed expert applied to `tokens` tokens on the GPU (all of its kernels)."""
         if self._gpu_table is not None:
-            return _table_us(self._gpu_table, tokens)
+            return kernel_table_us(self._gpu_table, tokens)
         s = self.spec
         act = tokens * (2 * s.d_model + 3 * s.expert_d_ff) * self._act_bytes
         return self.gpu_roofline_us(s.expert_flops(tokens) + self._dequant_flops, self.expert_bytes + act,
@@ -82,7 +100,7 @@ class CostModel:
         """As `expert_gpu_us`, reading `weight_bytes` of weights instead of the whole expert (nested
         precision: a kernel computing on a prefix of the expert's bit planes)."""
         if self._gpu_table is not None:
-            return _table_us(self._gpu_table, tokens)
+            return kernel_table_us(self._gpu_table, tokens)
         s = self.spec
         act = tokens * (2 * s.d_model + 3 * s.expert_d_ff) * self._act_bytes
         return self.gpu_roofline_us(s.expert_flops(tokens) + self._dequant_flops, weight_bytes + act,
@@ -125,19 +143,33 @@ class CostModel:
     # ---- CPU ---------------------------------------------------------------------------------------------
     def _expert_cpu_us(self, tokens: int) -> float:
         if self._cpu_table is not None:
-            return _table_us(self._cpu_table, tokens)
+            return kernel_table_us(self._cpu_table, tokens)
         s = self.spec
         t = max((s.expert_flops(tokens) + self._dequant_flops) / self._cpu_flops, self.expert_bytes / self._cpu_bw) * 1e6
         return t + self.hw.cpu.expert_overhead_us
 
     # ---- copies ------------------------------------------------------------------------------------------
     def h2d_us(self, nbytes: float, pinned: bool | None = None) -> float:
-        p = self.hw.pcie
-        gbps = self._h2d_gbps if pinned is None else (p.h2d_pinned_gbps if pinned else p.h2d_pageable_gbps)
-        return p.latency_us + nbytes / (gbps * 1e3)
+        pin = self.pinned if pinned is None else pinned
+        t = self._copy_memo.get(("h2d", nbytes, pin))
+        return self._copy_us("h2d", nbytes, pin) if t is None else t
 
     def d2h_us(self, nbytes: float) -> float:
-        return self.hw.pcie.latency_us + nbytes / (self._d2h_gbps * 1e3)
+        t = self._copy_memo.get(("d2h", nbytes, self.pinned))
+        return self._copy_us("d2h", nbytes, self.pinned) if t is None else t
+
+    def _copy_us(self, direction: str, nbytes: float, pinned: bool) -> float:
+        kind = f"{direction}_{'pinned' if pinned else 'pageable'}"
+        table = self._copy_tables.get(kind)
+        if table is not None:
+            t = copy_table_us(table, nbytes)
+        else:
+            p = self.hw.pcie
+            t = p.latency_us + nbytes / (getattr(p, f"{kind}_gbps") * 1e3)
+        if len(self._copy_memo) > 4096:  # a sweep of many sizes must not grow it without bound
+            self._copy_memo.clear()
+        self._copy_memo[(direction, nbytes, pinned)] = t
+        return t
 
     def activation_bytes(self, tokens: int) -> int:
         return int(tokens * self.spec.d_model * self._act_bytes)

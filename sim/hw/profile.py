@@ -77,6 +77,32 @@ class HostSpec(_Strict):
     kernels_per_step: int = Field(6, ge=0)  # embedding, final norm, lm_head, sampling
 
 
+class CopyTable(_Strict):
+    """Measured time of one copy direction and memory kind against its size (calibrated profiles).
+
+    The cost model interpolates it linearly; below the smallest size a copy takes the smallest size's time
+    (the latency floor); beyond the largest it grows at the last segment's rate. Times must not decrease
+    with size (calibration makes noisy medians monotone before writing them), so neither can the model's.
+    """
+
+    bytes: list[Annotated[int, Field(ge=1)]]
+    us: list[Pos]
+
+    @model_validator(mode="after")
+    def _check(self) -> CopyTable:
+        if len(self.bytes) != len(self.us) or len(self.bytes) < 2:
+            raise ValueError("bytes and us must be of equal length, with at least 2 sizes")
+        if any(b <= a for a, b in zip(self.bytes, self.bytes[1:], strict=False)):
+            raise ValueError("bytes must be strictly increasing")
+        if any(b < a for a, b in zip(self.us, self.us[1:], strict=False)):
+            raise ValueError("us must not decrease with size (a larger copy cannot take less time)")
+        return self
+
+
+# Direction and memory kind of a measured copy table (a closed set, so that a typo is an error).
+CopyKind = Literal["h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"]
+
+
 class PcieSpec(_Strict):
     link: str = ""  # e.g. "PCIe 4.0 x16" (documentation)
     h2d_pinned_gbps: Pos
@@ -85,6 +111,8 @@ class PcieSpec(_Strict):
     d2h_pageable_gbps: Pos
     latency_us: NonNeg = 10.0
     copy_engines: int = Field(2, ge=1, le=8)  # 1: H2D and D2H share one DMA engine
+    # Measured copy time vs size; where a table is given it replaces latency_us + bytes / bandwidth.
+    copy_tables: dict[CopyKind, CopyTable] = {}
 
 
 class CpuSpec(_Strict):
@@ -125,11 +153,22 @@ class KernelTables(_Strict):
     expert_ffn_cpu: dict[str, KernelTable] = {}
 
 
+class FigureOrigin(_Strict):
+    """Where one figure (or a whole section) of a calibrated profile comes from."""
+
+    # measured: read off one measurement (or the machine); fitted: a fit over measurements; borrowed: taken
+    # from another profile or the schema's defaults; assumed: a stated modelling choice, not measured.
+    how: Literal["measured", "fitted", "borrowed", "assumed"]
+    source: str = Field(min_length=1)  # which measurement, which fit, which profile
+
+
 class CalibrationInfo(_Strict):
     date: str
     machine: dict[str, str] = {}
     residuals: dict[str, float] = {}  # fit name -> relative RMS residual
-    measurements: str = ""  # CSV of raw measurements, relative to the profile
+    measurements: str = ""  # raw measurements (JSON, `simmoe calibrate --from`), relative to the profile
+    # dotted figure path ('pcie.h2d_pinned_gbps', or a section such as 'host') -> its origin
+    provenance: dict[str, FigureOrigin] = {}
 
 
 class HwProfile(_Strict):
@@ -162,6 +201,25 @@ class HwProfile(_Strict):
             raise ValueError("a calibrated profile needs a calibration: section (date, machine)")
         return v
 
+    @field_validator("calibration")
+    @classmethod
+    def _provenance_covers_figures(cls, v: CalibrationInfo | None, info: ValidationInfo) -> CalibrationInfo | None:
+        if v is None:
+            return v
+        nodes, leaves = figure_paths(info.data)
+        for key in v.provenance:
+            if key not in nodes:
+                close = difflib.get_close_matches(key, sorted(nodes), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"provenance: {key!r} names no figure of this profile{hint}")
+        if info.data.get("source") == "calibrated":
+            missing = [f for f in leaves if not _covered(f, v.provenance)]
+            if missing:
+                shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+                raise ValueError(f"provenance: no origin stated for {shown} (a calibrated profile says of every "
+                                 "figure whether it was measured, fitted, borrowed or assumed, and from where)")
+        return v
+
     @property
     def gpu_memory_bytes(self) -> int:
         return int(self.gpu.memory_gib * 2**30)
@@ -177,6 +235,56 @@ class HwProfile(_Strict):
             if name in pk:
                 return pk[name] * 1e12
         return max(pk.values()) * 1e12
+
+
+# ---- provenance -------------------------------------------------------------------------------------------
+FIGURE_SECTIONS = ("gpu", "host", "pcie", "cpu", "nvme", "kernels", "price_usd_per_hour")
+
+
+def figure_paths(data: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """(every dotted path a provenance key may name, the leaf figures that need an origin) of a profile's
+    sections in `data` (field name -> validated value). Lists (a table's columns) are leaves; None is absent."""
+    nodes: set[str] = set()
+    leaves: list[str] = []
+
+    def walk(path: str, value: Any) -> None:
+        if value is None:
+            return
+        nodes.add(path)
+        if isinstance(value, dict):
+            for k, x in value.items():
+                walk(f"{path}.{k}", x)
+        else:
+            leaves.append(path)
+
+    for key in FIGURE_SECTIONS:
+        value = data.get(key)
+        walk(key, value.model_dump() if isinstance(value, BaseModel) else value)
+    return nodes, leaves
+
+
+def _covered(path: str, provenance: dict[str, Any]) -> bool:
+    """A figure is covered by an entry for itself or for a section above it."""
+    while True:
+        if path in provenance:
+            return True
+        if "." not in path:
+            return False
+        path = path.rsplit(".", 1)[0]
+
+
+def origins(profile: HwProfile) -> dict[str, tuple[str, str]]:
+    """Leaf figure -> (how, source) by the nearest provenance entry (figures without one are left out)."""
+    prov = profile.calibration.provenance if profile.calibration else {}
+    _, leaves = figure_paths({k: getattr(profile, k) for k in FIGURE_SECTIONS})
+    out: dict[str, tuple[str, str]] = {}
+    for leaf in leaves:
+        path = leaf
+        while path not in prov and "." in path:
+            path = path.rsplit(".", 1)[0]
+        if path in prov:
+            out[leaf] = (prov[path].how, prov[path].source)
+    return out
 
 
 # ---- loading ------------------------------------------------------------------------------------------------
