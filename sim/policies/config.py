@@ -55,6 +55,9 @@ def load_policy_file(path: str | Path) -> dict[str, Any]:
             raise InputError(src, key, "must be a policy name")
     if "cache" not in raw:
         raise InputError(src, "cache", "missing (a cache policy or a named system)")
+    for kind in KINDS[1:]:
+        if raw.get(f"{kind}_options") and not raw.get(kind):
+            raise InputError(src, f"{kind}_options", f"given without a {kind} policy (they would have no effect)")
     return raw
 
 
@@ -69,11 +72,17 @@ def policy_set(cli: dict[str, Any]) -> PolicySet:
             if cli.get(kind):
                 merged[kind] = cli[kind]
                 merged[f"{kind}_options"] = cli.get(f"{kind}_options") or {}
+            elif cli.get(f"{kind}_options") and merged.get(kind):  # options for the file's policy of this kind
+                merged[f"{kind}_options"] = {**merged.get(f"{kind}_options", {}), **cli[f"{kind}_options"]}
         if cli.get("cache_options"):
             merged["cache_options"] = {**merged.get("cache_options", {}), **cli["cache_options"]}
     else:
         merged = {k: v for k, v in cli.items() if v}
         merged["cache"] = cache
+    for kind in KINDS[1:]:  # options of a kind with no policy of that kind would have no effect
+        if cli.get(f"{kind}_options") and not merged.get(kind):
+            first = next(iter(cli[f"{kind}_options"]))
+            raise InputError(f"--{kind}-opt", first, f"given without --{kind} (it would have no effect)")
     return PolicySet(**{k: v for k, v in merged.items() if v is not None})
 
 

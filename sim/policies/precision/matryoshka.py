@@ -41,6 +41,7 @@ from pydantic import Field, field_validator
 
 from simmoe.errors import InputError
 from simmoe.policies.base import Options, PolicySet, PrecisionPolicy, SystemPolicy, cache_size_options
+from simmoe.validation import tuple_from_list
 
 REFERENCE = ("Wang et al. MobiCom 2025, D2MoE: Dual Routing and Dynamic Scheduling for Efficient On-Device "
              "MoE-based LLM Serving (arXiv 2504.15299)")
@@ -55,7 +56,7 @@ def _listish(v):
             return v
         if isinstance(v, str):
             v = [yaml.safe_load(x) for x in v.split(",")]
-    return [v] if isinstance(v, (int, float)) else v
+    return (v,) if isinstance(v, (int, float)) else tuple_from_list(v)
 
 
 class MatryoshkaOptions(Options):
