@@ -24,7 +24,6 @@ recorded in the results rather than stopping the sweep.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -35,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from simmoe.errors import InputError
+from simmoe.validation import STRICT, describe
 
 POLICY_KINDS = ("policy", "prefetch", "placement", "precision", "routing")
 OPTION_GROUPS = tuple(f"{k}_options" for k in POLICY_KINDS)
@@ -48,7 +48,7 @@ def config_fields() -> list[str]:
     """ReplayConfig fields a sweep may set (read at call time so that new fields are picked up)."""
     from simmoe.engine.config import ReplayConfig
 
-    return [f.name for f in dataclasses.fields(ReplayConfig) if f.name not in EXCLUDED_CONFIG_FIELDS]
+    return [name for name in ReplayConfig.model_fields if name not in EXCLUDED_CONFIG_FIELDS]
 
 
 def param_names() -> list[str]:
@@ -71,7 +71,7 @@ class Config:
 
 
 class _SpecFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     trace: str | list[str] | None = None
     base: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
@@ -146,6 +146,13 @@ def _check_names(params: dict[str, Any], resolved: dict[str, Any], source: str, 
     for req in ("trace", "hw"):
         if params.get(req) is None:
             raise InputError(source, f"{where}.{req}" if where else req, "missing (set it in base, grid or cases)")
+        if not isinstance(params[req], str):
+            raise InputError(source, req, f"must be a {'file name' if req == 'trace' else 'profile name or path'}"
+                                          f", got {_short(params[req])}")
+    for k, v in params.items():  # replay settings and options are single values (an option may be a list)
+        group = k.partition(".")[0]
+        if not _is_scalar(v) and not (group in OPTION_GROUPS and isinstance(v, list) and _all_scalar(v)):
+            raise InputError(source, k, f"must be a single value, got {_short(v)}")
     if not Path(resolved["trace"]).is_file():
         raise InputError(source, "trace", f"trace file not found: {params['trace']}")
     try:
@@ -172,6 +179,19 @@ def _check_names(params: dict[str, Any], resolved: dict[str, Any], source: str, 
         group = k.partition(".")[0]
         if group in OPTION_GROUPS and resolved.get(group.removesuffix("_options")) is None:
             raise InputError(source, k, f"options given but no {group.removesuffix('_options')} policy")
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _all_scalar(v: list[Any]) -> bool:
+    return all(_is_scalar(x) or (isinstance(x, list) and _all_scalar(x)) for x in v)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _order(params: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +240,7 @@ def expand(data: object, source: str, folder: Path) -> SweepSpec:
             valid = list(_SpecFile.model_fields)
             raise InputError(source, loc, f"unknown key; {_hint(str(err['loc'][-1]), valid)}"
                                           f"valid keys: {', '.join(valid)}") from None
-        raise InputError(source, loc, err["msg"]) from None
+        raise InputError(source, loc, describe(err)) from None
     base = _flatten(spec.base, source, "base")
     grid_raw = spec.grid
     if spec.trace is not None:

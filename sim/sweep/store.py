@@ -17,7 +17,7 @@ from typing import IO, Any
 import pandas as pd
 
 from simmoe.errors import InputError
-from simmoe.fileio import atomic_path
+from simmoe.fileio import atomic_path, check_output
 
 STATUS_COLUMNS = ("key", "status", "error", "run_s")
 # A configuration whose record has one of these statuses is not run again; "crash" (an unexpected
@@ -64,9 +64,7 @@ def check_out(out: str | Path) -> Path:
     p = Path(out)
     if p.suffix not in FORMATS:
         raise InputError("--out", str(p), f"must end in {' or '.join(FORMATS)}")
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError("--out", str(p), f"output folder {str(folder)!r} does not exist")
+    check_output(str(p), "--out")  # folder exists and takes files, not a folder itself
     return p
 
 
@@ -97,6 +95,15 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _torn(path: Path) -> bool:
+    """Whether the file's last line lacks its newline (the sweep was killed while writing it)."""
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
+
+
 def read_records(out: str | Path) -> dict[str, dict[str, Any]]:
     """All records of a sweep output (table + journal), by key, later ones winning."""
     out = Path(out)
@@ -121,6 +128,8 @@ class ResultStore:
     def add(self, rec: dict[str, Any]) -> None:
         if self._f is None:
             self._f = open(self.journal, "a", encoding="utf-8")
+            if _torn(self.journal):  # a line cut short by a kill: the next record starts on a new line
+                self._f.write("\n")
         self._f.write(json.dumps(rec, default=_jsonable) + "\n")
         self._f.flush()  # one line per finished configuration: a kill loses at most the running ones
         self.records[rec["key"]] = rec
