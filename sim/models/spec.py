@@ -222,14 +222,17 @@ class ModelSpec:
         return cls(**kw)
 
     def truncated(self, num_moe_layers: int) -> ModelSpec:
-        """The same model keeping only its first `num_moe_layers` MoE layers (a truncated capture)."""
+        """The same model keeping only its first `num_moe_layers` MoE layers (a truncated capture), and only
+        the transformer layers up to the last of them. Its name says so ("mixtral-8x7b (first 31 of 32 MoE
+        layers)"), so that every output built on it (replay summary, trace info, sweep tables) does too."""
         if num_moe_layers < 1:
             raise InputError(f"model {self.name!r}", "moe_layers", "a trace needs at least one MoE layer")
         if num_moe_layers >= self.num_moe_layers:
             return self
         keep = self.moe_layers[:num_moe_layers]
         last = keep[-1]
-        return dataclasses.replace(self, num_layers=last + 1, moe_layers=keep)
+        name = f"{self.name} (first {num_moe_layers} of {self.num_moe_layers} MoE layers)"
+        return dataclasses.replace(self, name=name, num_layers=last + 1, moe_layers=keep)
 
 
 
