@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from simmoe.errors import InputError
     from simmoe.sweep.runner import run_sweep
     from simmoe.sweep.spec import load_spec
@@ -51,14 +53,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{rep.total} configurations: {rep.skipped} already done, ran {rep.ran} in {rep.wall_s:.1f} s "
               f"(ok {rep.ok}, error {rep.errors}, crash {rep.crashes}) -> {args.out}")
         bad = mine[mine["status"] != "ok"]
-        for msg, n in bad["error"].value_counts().head(5).items():
-            print(f"  {n} x {msg}")
+        if len(bad):
+            for msg, n in bad["error"].value_counts().head(5).items():
+                print(f"  {n} x {msg}")
     _note_others(len(rep.results) - len(mine), args.out)
     if rep.crashes:
         return 1
     if len(mine) and not (mine["status"] == "ok").any():  # recorded, but nothing to show for it
         raise InputError(args.spec, None, f"every configuration failed ({len(mine)}, recorded in {args.out}); "
-                                          f"the first: {mine['error'].iloc[0]}")
+                                          f"the first: {mine.get('error', pd.Series(['?'])).iloc[0]}")
     return 0
 
 

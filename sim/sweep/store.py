@@ -85,7 +85,8 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # errors="replace": a kill may cut a line inside a multi-byte character; that line is dropped anyway
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:  # a line cut short when the sweep was killed mid-write
@@ -125,13 +126,17 @@ class ResultStore:
     def done_keys(self) -> set[str]:
         return {k for k, r in self.records.items() if r.get("status") in DONE}
 
-    def add(self, rec: dict[str, Any]) -> None:
+    def _journal(self) -> IO[str]:
         if self._f is None:
             self._f = open(self.journal, "a", encoding="utf-8")
             if _torn(self.journal):  # a line cut short by a kill: the next record starts on a new line
                 self._f.write("\n")
-        self._f.write(json.dumps(rec, default=_jsonable) + "\n")
-        self._f.flush()  # one line per finished configuration: a kill loses at most the running ones
+        return self._f
+
+    def add(self, rec: dict[str, Any]) -> None:
+        f = self._journal()
+        f.write(json.dumps(rec, default=_jsonable) + "\n")
+        f.flush()  # one line per finished configuration: a kill loses at most the running ones
         self.records[rec["key"]] = rec
 
     def close(self) -> None:
