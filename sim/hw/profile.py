@@ -26,6 +26,7 @@ from pydantic import (
 
 from simmoe.errors import InputError
 from simmoe.validation import STRICT, Figure, FigureOrZero, describe, first_error
+from simmoe.yamlio import load_yaml
 
 # Numbers go through simmoe.validation (strict types, finite, within [1e-6, 1e9] of their unit).
 Pos = Figure
@@ -261,42 +262,9 @@ def profile_from_dict(data: object, source: str | Path) -> HwProfile:
         raise InputError(source, loc, msg) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (PyYAML silently keeps the last one)."""
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            continue  # construct_mapping reports unhashable keys as a YAML error
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
 def load_profile(name_or_path: str | Path) -> HwProfile:
     path = resolve_profile_path(name_or_path)
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise InputError(path, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    except UnicodeDecodeError:
-        raise InputError(path, None, "not valid YAML (not UTF-8 text)") from None
-    except OSError as e:
-        raise InputError(path, None, f"cannot read ({e.strerror})") from None
-    return profile_from_dict(data, path)
+    return profile_from_dict(load_yaml(path, "profile file"), path)
 
 
 def dump_profile(profile: HwProfile) -> str:

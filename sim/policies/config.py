@@ -24,6 +24,7 @@ import yaml
 
 from simmoe.errors import InputError
 from simmoe.policies.base import PolicySet
+from simmoe.yamlio import load_yaml
 
 KINDS = ("cache", "prefetch", "placement", "precision", "routing")
 FILE_KEYS = KINDS + tuple(f"{k}_options" for k in KINDS)
@@ -35,12 +36,7 @@ def is_policy_file(name: str) -> bool:
 
 def load_policy_file(path: str | Path) -> dict[str, Any]:
     src = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(src, None, "policy file not found") from None
-    except yaml.YAMLError as e:
-        raise InputError(src, None, f"not valid YAML ({e.__class__.__name__})") from None
+    raw = load_yaml(path, "policy file")
     if not isinstance(raw, dict):
         raise InputError(src, None, "must be a mapping of kind: policy name (and KIND_options)")
     for key, value in raw.items():
@@ -98,7 +94,7 @@ def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
             raise InputError(flag, key, "given twice")
         try:
             val = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             val = raw
         if isinstance(val, (dict, list)):
             val = raw

@@ -33,11 +33,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from simmoe.errors import InputError
 from simmoe.validation import STRICT, describe
+from simmoe.yamlio import load_yaml
 
 POLICY_KINDS = ("policy", "prefetch", "placement", "precision", "routing")
 OPTION_GROUPS = tuple(f"{k}_options" for k in POLICY_KINDS)
@@ -275,15 +275,5 @@ def expand(data: object, source: str, folder: Path) -> SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    from simmoe.hw.profile import _UniqueKeyLoader  # rejects duplicate keys
-
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, None, "sweep spec not found")
-    try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(p, f"line {mark.line + 1}" if mark else None,
-                         f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    return expand(data, str(p), p.parent)
+    return expand(load_yaml(p, "sweep spec"), str(p), p.parent)

@@ -89,7 +89,7 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short when the sweep was killed mid-write
+        except (json.JSONDecodeError, RecursionError):  # a line cut short when the sweep was killed mid-write
             continue
         if isinstance(rec, dict) and "key" in rec:
             rows.append(rec)

@@ -276,6 +276,8 @@ def _parse_meta(raw: np.ndarray, source: str) -> dict:
         meta = json.loads(str(raw[()]))
     except ValueError as e:
         raise InputError(source, "meta", f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(source, "meta", "not usable JSON (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise InputError(source, "meta", f"must be a JSON object, got {type(meta).__name__}")
     return meta

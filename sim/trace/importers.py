@@ -395,6 +395,8 @@ def import_jsonl(path: str | Path, model: str, layer_index: str = "moe", prompt_
                     obj = json.loads(line)
                 except ValueError as e:
                     raise InputError(where, None, f"not valid JSON ({e})") from None
+                except RecursionError:
+                    raise InputError(where, None, "not usable JSON (nested too deeply)") from None
                 if not isinstance(obj, dict):
                     raise InputError(where, None, f"must be a JSON object, got {type(obj).__name__}")
                 _add(rec, obj, where, (src, n), ignore)

@@ -47,15 +47,22 @@ REFERENCE = ("Wang et al. MobiCom 2025, D2MoE: Dual Routing and Dynamic Scheduli
              "MoE-based LLM Serving (arXiv 2504.15299)")
 
 
+def _scalar(text: str):
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        return text  # left as text: the option's type check reports it
+
+
 def _listish(v):
     """Lists from the command line arrive as text (`--opt bits_by_rank=4,2` or `=[4,2]`): parse them."""
     if isinstance(v, str):
         try:
             v = yaml.safe_load(v)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             return v
         if isinstance(v, str):
-            v = [yaml.safe_load(x) for x in v.split(",")]
+            v = [_scalar(x) for x in v.split(",")]
     return (v,) if isinstance(v, (int, float)) else tuple_from_list(v)
 
 
