@@ -106,13 +106,13 @@ def _phase(v: Any, key: str, src: str) -> int:
     if key == "is_prefill":
         if isinstance(v, bool):
             return 0 if v else 1
-        if v in (0, 1, "0", "1", "true", "false", "True", "False"):
+        if not isinstance(v, (list, dict)) and v in (0, 1, "0", "1", "true", "false", "True", "False"):
             return 0 if str(v).lower() in ("1", "true") else 1
         raise InputError(src, "is_prefill", f"must be true or false, got {v!r}")
     key_v = v.strip().lower() if isinstance(v, str) else v
     if isinstance(key_v, str) and key_v in ("0", "1"):
         key_v = int(key_v)
-    if isinstance(key_v, bool) or key_v not in _PHASE_WORDS:
+    if isinstance(key_v, (bool, list, dict)) or key_v not in _PHASE_WORDS:
         raise InputError(src, "phase", f"must be 'prefill', 'decode', 0 or 1, got {v!r}")
     return _PHASE_WORDS[key_v]
 
