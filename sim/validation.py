@@ -42,6 +42,11 @@ Figure = Annotated[float, Field(ge=FIGURE_MIN, le=FIGURE_MAX)]  # a positive fig
 FigureOrZero = Annotated[float, Field(ge=0, le=FIGURE_MAX)]  # a cost that may be nil
 
 
+# A preemptible copy chunk, MiB: at least 1 KiB. Each chunk pays the link latency, so nothing real is smaller,
+# and a chunk of 5e-324 MiB overflows the chunk count to infinity.
+ChunkMiB = Annotated[float, Field(ge=2**-10)]
+
+
 def _num(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else f"{v}"
 

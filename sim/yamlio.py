@@ -8,6 +8,7 @@ or an alias that contains itself (`a: &x [*x]`, which no schema can walk).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,20 @@ def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, d
 
 
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# YAML 1.1 (PyYAML) reads 1e3 and 25e-1 as strings; YAML 1.2, JSON and every user read them as numbers. With
+# strict schemas a string is not a number, so resolve them as floats (1.0e3 and .inf already are).
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def scalar(text: str) -> Any:
+    """A command-line value (`--opt key=VALUE`) read as a YAML scalar, by the same rules as the files; the text
+    itself when it is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader) if text.strip() else ""
+    except (yaml.YAMLError, RecursionError):
+        return text
 
 
 def parse_yaml(text: str, source: str | Path) -> Any:

@@ -162,6 +162,23 @@ def test_flags_without_effect_or_not_finite(trace, tmp_path, args, needle):
            folder=tmp_path)
 
 
+def test_exponent_numbers_read_as_numbers(trace, tmp_path):
+    # YAML 1.1 reads 1e3 as text; with strict options that would refuse a plain number
+    assert run_main("replay", trace, "--hw", "rtx3090", "--opt", "scope=global", "--opt", "cache_gb=2e0",
+                    "--quiet").returncode == 0
+    _clean(run_main("replay", trace, "--hw", "rtx3090", "--opt", "slots_per_layer=1e0"), "slots_per_layer",
+           "integer")
+    p = _profile(tmp_path, "pcie", "h2d_pinned_gbps", 25.0)
+    p.write_text(p.read_text().replace("h2d_pinned_gbps: 25.0", "h2d_pinned_gbps: 25e0"))
+    assert run_main("replay", trace, "--hw", p, "--quiet").returncode == 0
+
+
+@pytest.mark.parametrize("args", [["--prefetch-chunk-mb", "5e-324"],
+                                  ["--prefetch", "stride", "--prefetch-opt", "chunk_mb=1e-300"]])
+def test_chunks_too_small_to_count(trace, args):
+    _clean(run_main("replay", trace, "--hw", "rtx3090", "--opt", "slots_per_layer=1", *args), "chunk")
+
+
 def test_policy_file_options_without_their_policy(trace, tmp_path):
     pf = tmp_path / "pol.yaml"
     pf.write_text("cache: lru\nprefetch_options: {lookahead: 2}\n")
@@ -173,7 +190,7 @@ def test_policy_file_options_without_their_policy(trace, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--batch", "0"], "--batch"), (["--rate", "-1"], "--rate"), (["--rate", "inf"], "--rate"),
-    (["--slots", "-4"], "--slots"), (["--max-requests", "0"], "--max-requests")])
+    (["--slots", "-4"], "--slots"), (["--max-requests", "0"], "--max-requests"), (["--top", "0"], "--top")])
 def test_plan_rejects_up_front_what_replay_rejects(trace, tmp_path, args, needle):
     _clean(run_main("plan", "--trace", trace, "--slo", "tpot_p90_ms=150", "--hw", "rtx3090", "--policies", "lru",
                     "--out", tmp_path / "out.parquet", *args), needle, folder=tmp_path)

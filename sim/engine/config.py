@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from simmoe.errors import InputError
-from simmoe.validation import STRICT, AsTuple, describe, first_error
+from simmoe.validation import STRICT, AsTuple, ChunkMiB, describe, first_error
 
 PosInt = Annotated[int, Field(ge=1)]
 PosReal = Annotated[float, Field(gt=0)]  # finite: STRICT rejects NaN and infinity
@@ -39,7 +39,7 @@ class ReplayConfig(BaseModel):
     # ProMoE's chunked, preemptible prefetch (None: copies are FIFO). Every prefetcher's copies are split into
     # chunks of at most this many MiB (each chunk pays the PCIe latency); a demand copy overtakes them at the
     # running chunk's end. See timeline.ChunkedTimeline.
-    prefetch_chunk_mb: PosReal | None = None
+    prefetch_chunk_mb: ChunkMiB | None = None
     # [start, stop) steps recorded for --timeline
     timeline_steps: Annotated[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]], AsTuple] | None = None
     max_requests: PosInt | None = None  # replay only the first N requests

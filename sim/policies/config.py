@@ -20,11 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from simmoe.errors import InputError
 from simmoe.policies.base import PolicySet
-from simmoe.yamlio import load_yaml
+from simmoe.yamlio import load_yaml, scalar
 
 KINDS = ("cache", "prefetch", "placement", "precision", "routing")
 FILE_KEYS = KINDS + tuple(f"{k}_options" for k in KINDS)
@@ -92,10 +90,7 @@ def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
             raise InputError(flag, item, "expected key=value")
         if key in out:
             raise InputError(flag, key, "given twice")
-        try:
-            val = yaml.safe_load(raw) if raw.strip() else ""
-        except (yaml.YAMLError, RecursionError):
-            val = raw
+        val = scalar(raw)
         if isinstance(val, (dict, list)):
             val = raw
         out[key] = val

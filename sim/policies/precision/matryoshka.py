@@ -36,33 +36,23 @@ import dataclasses
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import Field, field_validator
 
 from simmoe.errors import InputError
 from simmoe.policies.base import Options, PolicySet, PrecisionPolicy, SystemPolicy, cache_size_options
 from simmoe.validation import tuple_from_list
+from simmoe.yamlio import scalar
 
 REFERENCE = ("Wang et al. MobiCom 2025, D2MoE: Dual Routing and Dynamic Scheduling for Efficient On-Device "
              "MoE-based LLM Serving (arXiv 2504.15299)")
 
 
-def _scalar(text: str):
-    try:
-        return yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError):
-        return text  # left as text: the option's type check reports it
-
-
 def _listish(v):
     """Lists from the command line arrive as text (`--opt bits_by_rank=4,2` or `=[4,2]`): parse them."""
     if isinstance(v, str):
-        try:
-            v = yaml.safe_load(v)
-        except (yaml.YAMLError, RecursionError):
-            return v
+        v = scalar(v)
         if isinstance(v, str):
-            v = [_scalar(x) for x in v.split(",")]
+            v = [scalar(x) for x in v.split(",")]
     return (v,) if isinstance(v, (int, float)) else tuple_from_list(v)
 
 
