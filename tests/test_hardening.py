@@ -152,6 +152,7 @@ def test_policy_options_are_typed(trace, opt, field):
     (["--arrivals", "poisson", "--rate", "nan"], "--rate"),
     (["--slo-tpot-ms", "inf"], "--slo-tpot-ms"),
     (["--prefetch-chunk-mb", "nan"], "--prefetch-chunk-mb"),
+    (["--timeline-steps", "0:5"], "--timeline-steps"),
     (["--placement-opt", "x=1"], "--placement-opt"),
     (["--prefetch-opt", "lookahead=2"], "--prefetch-opt"),
     (["--precision-opt", "bits=4"], "--precision-opt"),

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
     p.add_argument("--steps-csv", metavar="OUT", help="write the per-step table as CSV")
     p.add_argument("--timeline", metavar="OUT", help="write a Chrome trace-event JSON (open in Perfetto)")
-    p.add_argument("--timeline-steps", default="0:50", metavar="A:B",
+    p.add_argument("--timeline-steps", metavar="A:B",
                    help="steps recorded in the timeline (default 0:50)")
     p.add_argument("--plot", metavar="OUT.png", help="write an overview figure (hit rate, latency per step, "
                                                      "timeline of the first --timeline-steps, GPU memory)")
@@ -109,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     # only the settings given: ReplayConfig rejects one that has no effect (--rate without arrivals)
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     if args.timeline or args.plot:
-        given["timeline_steps"] = _window(args.timeline_steps)
+        given["timeline_steps"] = _window(args.timeline_steps or "0:50")
+    elif args.timeline_steps is not None:
+        raise InputError("--timeline-steps", None, "only used with --timeline or --plot")
     cfg = ReplayConfig(**given)
     hw = load_profile(args.hw)
     trace = read_trace(args.trace)
