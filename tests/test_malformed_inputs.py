@@ -164,7 +164,7 @@ def broken_trace(draw, kind: str) -> tuple[Callable[[Path], None], str | None]:
         a["gates"][cell] = np.nan
     elif kind == "gate_not_nan":
         field = "gates"
-        a["gates"][3, 1, 1] = draw(st.floats(0, 1))
+        a["gates"][3, 1, 1] = draw(st.floats(0, 1, allow_subnormal=False))
     elif kind == "gate_bad":
         field = "gates"
         cell = _cell(draw, a["gates"])

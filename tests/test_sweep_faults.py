@@ -87,7 +87,7 @@ MODES = ("before", "mid", "after", "table-before", "table-after")
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(faults=st.lists(st.tuples(st.integers(1, 8), st.sampled_from(MODES), st.floats(0.0, 1.0)),
+@given(faults=st.lists(st.tuples(st.integers(1, 8), st.sampled_from(MODES), st.floats(0.0, 1.0, allow_subnormal=False)),
                        min_size=1, max_size=3))
 def test_killed_and_resumed_equals_uninterrupted(setup, tmp_path_factory, monkeypatch, faults):
     configs, ref = setup
