@@ -100,13 +100,16 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
-        if target.fd is not None:
-            _copy_to_fd(tmp_path, target.fd)
-        elif target.stream:
-            with open(tmp_path, "rb") as src, open(target.path, "ab") as dst:
-                shutil.copyfileobj(src, dst)
-        else:
-            os.replace(tmp_path, target.path)
+        try:
+            if target.fd is not None:
+                _copy_to_fd(tmp_path, target.fd)
+            elif target.stream:
+                with open(tmp_path, "rb") as src, open(target.path, "ab") as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                os.replace(tmp_path, target.path)
+        except OSError as e:  # e.g. --json /dev/stdin, or the target became a folder meanwhile
+            raise InputError(given, None, f"cannot write ({e.strerror or e})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
