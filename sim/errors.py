@@ -6,6 +6,7 @@ Every problem with something the user gave us (a trace, a profile, a policy opti
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -23,5 +24,6 @@ class InputError(Exception):
         return self.line()
 
     def line(self) -> str:
+        """One line whatever the parts hold (a YAML parser's message spans two; a field may hold a newline)."""
         parts = [p for p in (self.source, self.field) if p]
-        return ": ".join([*parts, self.message])
+        return re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", ": ".join([*parts, self.message])).strip()

@@ -8,7 +8,6 @@ SLO violated by the largest factor, or the memory limit when the configuration d
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import tempfile
@@ -91,13 +90,13 @@ def search_space(trace: str, hws: list[str] | None = None, policies: list[str] |
         slots = sorted({max(1, e // 8), max(1, e // 4), max(1, e // 2)}) + [None]  # None: all free memory
     extra = dict(base or {})
     if rate is not None:
-        fields = {f.name for f in dataclasses.fields(ReplayConfig)}
-        if "rate" not in fields:
-            raise InputError("--rate", str(rate), "this simulator has no open-loop arrivals yet "
-                                                   "(ReplayConfig has no 'rate' field)")
-        extra["rate"] = rate
-        if "arrivals" in fields:
-            extra["arrivals"] = "poisson"
+        extra.update(rate=rate, arrivals="poisson")
+    # the values replay would reject, rejected up front (not a table of configurations that all failed)
+    for b in batches:
+        ReplayConfig(batch=b, **extra)
+    for s in slots:
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+            raise InputError("--slots", None, f"cache sizes must be integers >= 0 (or 'auto'), got {s!r}")
     rows = []
     for hw in hws:
         for pol in policies:

@@ -39,6 +39,39 @@ def simmoe_cli():
     return run
 
 
+def run_main(*args: str, cwd: str | Path | None = None) -> CliResult:
+    """Runs `simmoe ARGS` in this process through simmoe.cli.main.main (fast: for many generated cases).
+
+    An exception that escapes main() comes back as its traceback on stderr with status 1, as the console
+    script would show it."""
+    import contextlib
+    import io
+    import traceback
+
+    from simmoe.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help, or an error it printed
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # noqa: BLE001 - reported like the interpreter would
+            traceback.print_exc()
+            rc = 1
+    return CliResult(rc, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def simmoe_main():
+    """simmoe_main(*args, cwd=None) -> CliResult: the CLI in this process (see run_main)."""
+    return run_main
+
+
 def assert_clean_error(res: CliResult, *needles: str) -> None:
     """Bad input: exit 2, one line on stderr naming the file/field, no traceback."""
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)

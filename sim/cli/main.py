@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from simmoe.errors import InputError
 
@@ -24,10 +25,22 @@ COMMAND_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (the usage text is one `--help` away), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = ""
+        if "expected one argument" in message:
+            hint = "; a value that starts with '-' is written --option=VALUE"
+        command = self.prog.removeprefix("simmoe").strip()  # "replay", "trace info"; "" at the top level
+        line = " ".join(f"{command + ': ' if command else ''}{message}{hint} (see {self.prog} --help)".split())
+        self.exit(2, f"simmoe: error: {line}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="simmoe",
         description="Discrete-event simulator of Mixture-of-Experts serving on constrained hardware.",
     )

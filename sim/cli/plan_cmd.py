@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from simmoe.sweep.store import check_out
 
     slos = [parse_slo(s) for s in args.slo]
+    if args.top < 1:
+        raise InputError("--top", None, f"must be >= 1, got {args.top}")
     if not Path(args.trace).is_file():
         raise InputError(args.trace, None, "trace file not found")
     if args.out:

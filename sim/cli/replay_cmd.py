@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="closed: all requests waiting at t=0 (default); trace: the trace's arrival_s; "
                         "poisson / gamma: seeded arrivals at --rate")
     g.add_argument("--rate", type=float, help="requests per second (poisson, gamma)")
-    g.add_argument("--cv", type=float, default=1.0, help="coefficient of variation of gamma gaps (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the arrival draws (default 0)")
+    g.add_argument("--cv", type=float, help="coefficient of variation of gamma gaps (default 1)")
+    g.add_argument("--seed", type=int, help="seed of the poisson / gamma arrival draws (default 0)")
     g.add_argument("--max-batched-tokens", type=int, help="tokens per step (caps prefill chunks)")
     g.add_argument("--requests", type=int, help="cycle the trace's requests up to N requests (explicit: "
                                                 "repeated requests reuse the original routing)")
@@ -55,12 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
     p.add_argument("--steps-csv", metavar="OUT", help="write the per-step table as CSV")
     p.add_argument("--timeline", metavar="OUT", help="write a Chrome trace-event JSON (open in Perfetto)")
-    p.add_argument("--timeline-steps", default="0:50", metavar="A:B",
+    p.add_argument("--timeline-steps", metavar="A:B",
                    help="steps recorded in the timeline (default 0:50)")
     p.add_argument("--plot", metavar="OUT.png", help="write an overview figure (hit rate, latency per step, "
                                                      "timeline of the first --timeline-steps, GPU memory)")
     p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     p.set_defaults(func=run)
+
+
+# ReplayConfig fields set from flags of the same name
+CONFIG_FLAGS = ("batch", "prefill_chunk", "host_memory", "copy_stream", "engine", "max_requests",
+                "prefetch_chunk_mb", "arrivals", "rate", "cv", "seed", "max_batched_tokens", "requests",
+                "slo_ttft_ms", "slo_tpot_ms")
 
 
 def _window(text: str) -> tuple[int, int]:
@@ -100,19 +106,20 @@ def run(args: argparse.Namespace) -> int:
 
         check_image_path(args.plot, "--plot")
     pset = policy_set_from_args(args)
-    if args.max_requests is not None and args.max_requests < 1:
-        raise InputError("--max-requests", None, "must be >= 1")
-    cfg = ReplayConfig(
-        batch=args.batch, prefill_chunk=args.prefill_chunk, host_memory=args.host_memory,
-        copy_stream=args.copy_stream, engine=args.engine, max_requests=args.max_requests,
-        prefetch_chunk_mb=args.prefetch_chunk_mb,
-        arrivals=args.arrivals, rate=args.rate, cv=args.cv, seed=args.seed,
-        max_batched_tokens=args.max_batched_tokens, requests=args.requests,
-        slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
-        timeline_steps=_window(args.timeline_steps) if args.timeline or args.plot else None,
-    )
+    # only the settings given: ReplayConfig rejects one that has no effect (--rate without arrivals)
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    if args.timeline or args.plot:
+        given["timeline_steps"] = _window(args.timeline_steps or "0:50")
+    elif args.timeline_steps is not None:
+        raise InputError("--timeline-steps", None, "only used with --timeline or --plot")
+    cfg = ReplayConfig(**given)
     hw = load_profile(args.hw)
     trace = read_trace(args.trace)
+    whole = trace.model_spec.num_moe_layers
+    if trace.num_layers < whole and not args.quiet:  # a partial capture: simulated as the cut-down model
+        print(f"simmoe: note: {args.trace} covers the first {trace.num_layers} of {trace.model_spec.name}'s {whole} "
+              f"MoE layers: simulated as that cut-down model (time and memory of those layers only)",
+              file=sys.stderr)
     result = Replay(trace, hw, pset, cfg, hw_name=args.hw).run(progress=sys.stderr.isatty())
     if args.json:
         with atomic_open(args.json) as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from simmoe.errors import InputError
     from simmoe.sweep.runner import run_sweep
     from simmoe.sweep.spec import load_spec
@@ -33,20 +36,39 @@ def run(args: argparse.Namespace) -> int:
     if args.address and args.backend != "ray":
         raise InputError("--address", args.address, "only used with --backend ray")
     spec = load_spec(args.spec)
+    keys = {c.key for c in spec.configs}
     if args.dry_run:
-        done = ResultStore(args.out).done_keys()
+        store = ResultStore(args.out)
+        done = store.done_keys()
         for cfg in spec.configs:
             mark = "done" if cfg.key in done else "todo"
             print(f"{cfg.key}  {mark}  " + "  ".join(f"{k}={v}" for k, v in cfg.params.items()))
         print(f"{len(spec)} configurations, {sum(c.key in done for c in spec.configs)} done")
+        _note_others(len(set(store.records) - keys), args.out)
         return 0
     rep = run_sweep(spec.configs, args.out, workers=args.workers, backend=args.backend, address=args.address,
                     progress=False if args.quiet else None)
+    mine = rep.results[rep.results["key"].isin(keys)]
     if not args.quiet:
         print(f"{rep.total} configurations: {rep.skipped} already done, ran {rep.ran} in {rep.wall_s:.1f} s "
               f"(ok {rep.ok}, error {rep.errors}, crash {rep.crashes}) -> {args.out}")
-        if rep.errors or rep.crashes:
-            bad = rep.results[rep.results["status"] != "ok"]
+        bad = mine[mine["status"] != "ok"]
+        if len(bad):
             for msg, n in bad["error"].value_counts().head(5).items():
                 print(f"  {n} x {msg}")
-    return 1 if rep.crashes else 0
+    _note_others(len(rep.results) - len(mine), args.out)
+    if rep.crashes:
+        return 1
+    if len(mine) and not (mine["status"] == "ok").any():  # recorded, but nothing to show for it
+        raise InputError(args.spec, None, f"every configuration failed ({len(mine)}, recorded in {args.out}); "
+                                          f"the first: {mine.get('error', pd.Series(['?'])).iloc[0]}")
+    return 0
+
+
+def _note_others(n: int, out: str) -> None:
+    """Rows of configurations that are not in this spec (an earlier, larger spec wrote them) stay in the
+    table: say so, since load_results(out) returns them too."""
+    if n:
+        print(f"simmoe: note: {out} also holds {n} configuration{'s' if n > 1 else ''} from earlier runs that "
+              "this spec does not list (kept, and load_results returns them too; use another --out to keep runs "
+              "apart)", file=sys.stderr)

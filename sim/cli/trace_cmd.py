@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from simmoe.errors import InputError
-from simmoe.fileio import atomic_open, atomic_path
+from simmoe.fileio import atomic_open, atomic_path, check_output
 
 TRACE_SUBCOMMAND_MODULES = ["simmoe.cli.trace_capture"]
 
@@ -70,8 +70,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from simmoe.trace.format import read_trace
     from simmoe.trace.stats import format_stats, trace_stats
 
-    _check_out(args.json, "--json")
-    _check_out(args.plot, "--plot")
+    check_output(args.json, "--json")
+    check_output(args.plot, "--plot")
     stats = trace_stats(read_trace(args.file))
     print(format_stats(stats))
     if args.json:
@@ -83,14 +83,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(path: str | None, option: str) -> None:
-    if path is None:
-        return
-    folder = Path(path).parent
-    if not folder.is_dir():
-        raise InputError(option, None, f"output folder {str(folder)!r} does not exist")
-
-
 # ---- synth ----------------------------------------------------------------------------------------------
 _KNOBS = ("reuse", "skew", "layer_corr", "slot_shuffle")
 
@@ -99,7 +91,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from simmoe.trace.format import write_trace
     from simmoe.trace.synth import preset_params, synth_like, synth_trace
 
-    _check_out(args.out, "--out")
+    check_output(args.out, "--out")
     knobs = {k: getattr(args, k) for k in _KNOBS if getattr(args, k) is not None}
     if args.like:
         from simmoe.trace.format import read_trace
@@ -140,10 +132,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 # ---- import ---------------------------------------------------------------------------------------------
 def _cmd_import(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from simmoe.trace.format import write_trace
     from simmoe.trace.importers import import_csv, import_jsonl
 
-    _check_out(args.out, "--out")
+    check_output(args.out, "--out")
     common = dict(model=args.model, layer_index=args.layer_index, prompt_len=args.prompt_len,
                   ignore_fields=tuple(f for f in (args.ignore_fields or "").split(",") if f))
     if args.fmt == "jsonl":
@@ -153,10 +147,28 @@ def _cmd_import(args: argparse.Namespace) -> int:
     else:
         trace = import_csv(args.files, **common)
     write_trace(trace, args.out)
-    gaps = int((trace.experts < 0).all(axis=2).sum())
+    empty = (trace.experts < 0).all(axis=2)
     print(f"wrote {args.out}: {trace.num_requests} requests, {trace.num_rows} rows, {trace.num_layers} MoE "
-          f"layers; {gaps} (row, layer) gaps filled with -1")
+          f"layers; {int(empty.sum())} (row, layer) gaps filled with -1")
+    unlogged = np.flatnonzero(empty.all(axis=0)).tolist()
+    if unlogged:
+        print(f"note: {len(unlogged)} of the model's {trace.num_layers} MoE layers have no record at all "
+              f"({_ranges(unlogged)}): replay runs them with no routed experts (their attention and shared "
+              f"experts still count)")
     return 0
+
+
+def _ranges(idx: list[int]) -> str:
+    """[0, 1, 2, 5] -> 'layers 0-2, 5'."""
+    parts: list[str] = []
+    start = None
+    for j, v in enumerate(idx):
+        if start is None:
+            start = v
+        if j + 1 == len(idx) or idx[j + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return "layer" + ("s " if len(idx) > 1 else " ") + ", ".join(parts)
 
 
 # ---- registration ---------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import dataclasses
 import numpy as np
 
 from simmoe.errors import InputError
-from simmoe.trace.format import Trace
+from simmoe.trace.format import Trace, _concat_ranges
+from simmoe.validation import check_memory
 
 
 def arrival_times_s(arrivals: str, ids: np.ndarray, trace: Trace, rate: float | None, cv: float,
@@ -37,19 +38,32 @@ def arrival_times_s(arrivals: str, ids: np.ndarray, trace: Trace, rate: float | 
     return np.cumsum(gaps) - gaps[0]  # the first request arrives at t=0
 
 
+# The replay keeps per-row arrays beside the trace (schedule, per-access keys and times): budget several times
+# the trace's own bytes when checking that a cycled trace fits in memory.
+ENGINE_BYTES_FACTOR = 8
+
+
+def _row_bytes(trace: Trace) -> int:
+    cells = trace.num_layers * trace.top_k
+    return (2 * cells + 4 + 1 + (4 * cells if trace.gates is not None else 0)
+            + (trace.predicted[0].nbytes if trace.predicted is not None and trace.num_rows else 0))
+
+
 def cycle_trace(trace: Trace, requests: int) -> Trace:
     """The trace's requests repeated, in id order, until there are `requests` of them (ids 0..n-1). The
     routing of a repeated request is the original's: say so when reporting a cycled run."""
     if requests < 1:
         raise InputError("--requests", None, "must be >= 1")
     ids = trace.request_ids
+    starts, stops = trace.request_starts, trace.request_stops  # in id order
+    lens_all = stops - starts
+    full, part = divmod(requests, len(ids))
+    total_rows = full * int(lens_all.sum()) + int(lens_all[:part].sum())
+    check_memory(total_rows * _row_bytes(trace) * ENGINE_BYTES_FACTOR, "--requests",
+                 f"{requests:,} requests cycle to {total_rows:,} trace rows")
     pick = np.resize(np.arange(len(ids)), requests)
-    starts = np.flatnonzero(np.r_[True, trace.request[1:] != trace.request[:-1]])
-    stops = np.r_[starts[1:], trace.num_rows]
-    by_id = np.argsort(trace.request[starts], kind="stable")
-    starts, stops = starts[by_id], stops[by_id]
-    lens = stops[pick] - starts[pick]
-    rows = np.concatenate([np.arange(starts[p], stops[p]) for p in pick]) if requests else np.zeros(0, int)
+    lens = lens_all[pick]
+    rows = _concat_ranges(starts[pick], stops[pick])
     new_req = np.repeat(np.arange(requests, dtype=np.int32), lens)
     meta = dict(trace.meta, cycled_from_requests=int(len(ids)), cycled_to_requests=int(requests))
     return dataclasses.replace(

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -26,9 +25,12 @@ from pydantic import (
 )
 
 from simmoe.errors import InputError
+from simmoe.validation import STRICT, Figure, FigureOrZero, describe, first_error
+from simmoe.yamlio import load_yaml
 
-Pos = Annotated[float, Field(gt=0)]
-NonNeg = Annotated[float, Field(ge=0)]
+# Numbers go through simmoe.validation (strict types, finite, within [1e-6, 1e9] of their unit).
+Pos = Figure
+NonNeg = FigureOrZero
 Frac = Annotated[float, Field(gt=0, le=1)]
 
 
@@ -37,8 +39,8 @@ PeakDtype = Literal["fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4"
 
 
 class _Strict(BaseModel):
-    # allow_inf_nan=False: `.inf` for a bandwidth would make every copy free; reject it like a negative.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # STRICT: `.inf` for a bandwidth would make every copy free, `true` is not 1 GB/s; rejected like a negative.
+    model_config = STRICT
 
 
 class GpuSpec(_Strict):
@@ -350,14 +352,12 @@ def profile_from_dict(data: object, source: str | Path) -> HwProfile:
     try:
         return HwProfile.model_validate(_date_to_str(data))
     except ValidationError as e:
-        errors = e.errors()
-        # A misspelt key also makes the correctly spelt one "missing": report the misspelling first.
-        err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+        err = first_error(e)  # a misspelt key also makes the correctly spelt one "missing": it comes first
         parts = [str(x) for x in err["loc"] if x != "[key]"]
         loc = ".".join(parts) or None
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = describe(err)
         if "[key]" in err["loc"]:  # a dict key outside its closed set (gpu.peak_tflops dtype names)
-            msg = f"unknown key; {msg[0].lower()}{msg[1:]}"
+            msg = f"unknown key; {msg}"
         elif err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see hwprofiles/README.md for the schema)"
             close = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(err["loc"]), n=1)
@@ -365,47 +365,14 @@ def profile_from_dict(data: object, source: str | Path) -> HwProfile:
                 msg = f"unknown key; did you mean {close[0]!r}? (see hwprofiles/README.md for the schema)"
         shown = err.get("input")
         if err["type"] not in ("missing", "extra_forbidden") and "[key]" not in err["loc"] \
-                and isinstance(shown, (int, float, str, bool)) and not msg.endswith(f"got {shown}"):
+                and isinstance(shown, (int, float, str, bool)) and ", got " not in msg:
             msg = f"{msg} (got {shown!r})"
         raise InputError(source, loc, msg) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (PyYAML silently keeps the last one)."""
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            continue  # construct_mapping reports unhashable keys as a YAML error
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
 def load_profile(name_or_path: str | Path) -> HwProfile:
     path = resolve_profile_path(name_or_path)
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise InputError(path, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    except UnicodeDecodeError:
-        raise InputError(path, None, "not valid YAML (not UTF-8 text)") from None
-    except OSError as e:
-        raise InputError(path, None, f"cannot read ({e.strerror})") from None
-    return profile_from_dict(data, path)
+    return profile_from_dict(load_yaml(path, "profile file"), path)
 
 
 def dump_profile(profile: HwProfile) -> str:

@@ -6,6 +6,7 @@ Only what the simulator needs: parameter counts and bytes by precision, FLOPs pe
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ BYTES_PER_PARAM: dict[str, float] = {
     "int3": 0.375,
     "int2": 0.25,
 }
+
+EXPERT_ID_MAX = 2**15 - 1  # traces store expert ids as int16
 
 ACTIVATIONS = ("swiglu", "geglu", "relu", "gelu")
 
@@ -80,6 +83,9 @@ class ModelSpec:
             raise InputError(src, "expert_bits", f"must be a number in [0, 64], got {self.expert_bits!r}")
         if self.num_shared_experts and self.shared_d_ff <= 0:
             raise InputError(src, "shared_d_ff", "shared experts present but shared_d_ff is 0")
+        if self.num_experts > EXPERT_ID_MAX + 1:
+            raise InputError(src, "num_experts", f"at most {EXPERT_ID_MAX + 1} (traces hold expert ids as int16), "
+                                                 f"got {self.num_experts}")
         if self.top_k > self.num_experts:
             raise InputError(src, "top_k", f"{self.top_k} exceeds num_experts {self.num_experts}")
         if self.activation not in ACTIVATIONS:
@@ -219,17 +225,26 @@ class ModelSpec:
                 raise InputError(source, f"model_spec.{f.name}", f"must be a string, got {v!r}")
             if f.type == "bool" and not isinstance(v, bool):
                 raise InputError(source, f"model_spec.{f.name}", f"must be true or false, got {v!r}")
-        return cls(**kw)
+            if f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                      or not math.isfinite(v)):
+                raise InputError(source, f"model_spec.{f.name}", f"must be a finite number, got {v!r}")
+        try:
+            return cls(**kw)
+        except InputError as e:  # the shape checks name the model: name the file that holds it too
+            raise InputError(source, f"model_spec.{e.field}" if e.field else "model_spec", e.message) from None
 
     def truncated(self, num_moe_layers: int) -> ModelSpec:
-        """The same model keeping only its first `num_moe_layers` MoE layers (a truncated capture)."""
+        """The same model keeping only its first `num_moe_layers` MoE layers (a truncated capture), and only
+        the transformer layers up to the last of them. Its name says so ("mixtral-8x7b (first 31 of 32 MoE
+        layers)"), so that every output built on it (replay summary, trace info, sweep tables) does too."""
         if num_moe_layers < 1:
             raise InputError(f"model {self.name!r}", "moe_layers", "a trace needs at least one MoE layer")
         if num_moe_layers >= self.num_moe_layers:
             return self
         keep = self.moe_layers[:num_moe_layers]
         last = keep[-1]
-        return dataclasses.replace(self, num_layers=last + 1, moe_layers=keep)
+        name = f"{self.name} (first {num_moe_layers} of {self.num_moe_layers} MoE layers)"
+        return dataclasses.replace(self, name=name, num_layers=last + 1, moe_layers=keep)
 
 
 

@@ -22,31 +22,41 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from simmoe.errors import InputError
+from simmoe.validation import STRICT, describe, input_error, tuple_from_list
 
 Kind = Literal["cache", "prefetch", "placement", "precision", "routing", "system"]
 
 
 class Options(BaseModel):
-    """Typed policy options. Subclass per policy; unknown keys are rejected with the valid keys listed."""
+    """Typed policy options. Subclass per policy; unknown keys are rejected with the valid keys listed.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Values are strict (simmoe.validation.STRICT): `slots_per_layer=yes` is not 1 and `cache_gb=nan` or
+    `.inf` is not a size. A YAML list is accepted for a tuple-typed option."""
+
+    model_config = STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: tuple_from_list(v) for k, v in data.items()}
+        return data
 
 
 def parse_options(cls: type[Options], raw: Mapping[str, Any], policy: str) -> Options:
     valid = sorted(cls.model_fields)
+
+    def message(err: dict[str, Any]) -> str:
+        if err["type"] == "extra_forbidden":
+            return f"unknown option; valid options of {policy!r}: {', '.join(valid) or '(none)'}"
+        return describe(err)
+
     try:
         return cls.model_validate(dict(raw))
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "options"
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown option; valid options of {policy!r}: {', '.join(valid) or '(none)'}"
-        else:
-            msg = err["msg"]
-        raise InputError(f"policy {policy}", key, msg) from None
+        raise input_error(e, f"policy {policy}", lambda loc: loc or "options", message) from None
 
 
 class Policy:
@@ -340,11 +350,5 @@ class CacheOptions(Options):
     """
 
     scope: Literal["layer", "global"] = "layer"
-    slots_per_layer: int | None = None
-    cache_gb: float | None = None
-
-    def model_post_init(self, _ctx: Any) -> None:
-        if self.slots_per_layer is not None and self.slots_per_layer < 0:
-            raise ValueError("slots_per_layer must be >= 0")
-        if self.cache_gb is not None and self.cache_gb < 0:
-            raise ValueError("cache_gb must be >= 0")
+    slots_per_layer: int | None = Field(None, ge=0)
+    cache_gb: float | None = Field(None, ge=0)  # GiB; finite (strict options)

@@ -20,10 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from simmoe.errors import InputError
 from simmoe.policies.base import PolicySet
+from simmoe.yamlio import load_yaml, scalar
 
 KINDS = ("cache", "prefetch", "placement", "precision", "routing")
 FILE_KEYS = KINDS + tuple(f"{k}_options" for k in KINDS)
@@ -35,12 +34,7 @@ def is_policy_file(name: str) -> bool:
 
 def load_policy_file(path: str | Path) -> dict[str, Any]:
     src = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(src, None, "policy file not found") from None
-    except yaml.YAMLError as e:
-        raise InputError(src, None, f"not valid YAML ({e.__class__.__name__})") from None
+    raw = load_yaml(path, "policy file")
     if not isinstance(raw, dict):
         raise InputError(src, None, "must be a mapping of kind: policy name (and KIND_options)")
     for key, value in raw.items():
@@ -55,6 +49,9 @@ def load_policy_file(path: str | Path) -> dict[str, Any]:
             raise InputError(src, key, "must be a policy name")
     if "cache" not in raw:
         raise InputError(src, "cache", "missing (a cache policy or a named system)")
+    for kind in KINDS[1:]:
+        if raw.get(f"{kind}_options") and not raw.get(kind):
+            raise InputError(src, f"{kind}_options", f"given without a {kind} policy (they would have no effect)")
     return raw
 
 
@@ -69,11 +66,17 @@ def policy_set(cli: dict[str, Any]) -> PolicySet:
             if cli.get(kind):
                 merged[kind] = cli[kind]
                 merged[f"{kind}_options"] = cli.get(f"{kind}_options") or {}
+            elif cli.get(f"{kind}_options") and merged.get(kind):  # options for the file's policy of this kind
+                merged[f"{kind}_options"] = {**merged.get(f"{kind}_options", {}), **cli[f"{kind}_options"]}
         if cli.get("cache_options"):
             merged["cache_options"] = {**merged.get("cache_options", {}), **cli["cache_options"]}
     else:
         merged = {k: v for k, v in cli.items() if v}
         merged["cache"] = cache
+    for kind in KINDS[1:]:  # options of a kind with no policy of that kind would have no effect
+        if cli.get(f"{kind}_options") and not merged.get(kind):
+            first = next(iter(cli[f"{kind}_options"]))
+            raise InputError(f"--{kind}-opt", first, f"given without --{kind} (it would have no effect)")
     return PolicySet(**{k: v for k, v in merged.items() if v is not None})
 
 
@@ -87,10 +90,7 @@ def parse_kv(items: list[str] | None, flag: str) -> dict[str, Any]:
             raise InputError(flag, item, "expected key=value")
         if key in out:
             raise InputError(flag, key, "given twice")
-        try:
-            val = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            val = raw
+        val = scalar(raw)
         if isinstance(val, (dict, list)):
             val = raw
         out[key] = val

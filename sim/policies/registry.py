@@ -6,8 +6,12 @@ errors (never a silent override). `module:Class` is accepted wherever a policy n
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import traceback
 from collections.abc import Iterable
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from simmoe.errors import InputError
 from simmoe.policies.base import Policy
@@ -55,7 +59,10 @@ class Registry:
         self._load_entry_points()
         if ":" in name:
             cls = _import_class(name, source)
-            self.register(cls)
+            try:
+                self.register(cls)
+            except DuplicatePolicyError as e:
+                raise InputError(source, None, str(e)) from None
         else:
             cls = self._by_name.get(name)
             if cls is None:
@@ -75,11 +82,34 @@ def _qual(cls: type) -> str:
 
 
 def _import_class(spec: str, source: str) -> type[Policy]:
+    """`module:Class`. The working folder is searched after the installed packages, as `python -m` would
+    (first) do: the `simmoe` console script otherwise sees only its own folder and PYTHONPATH."""
     mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise InputError(source, None, f"{spec!r}: expected module:Class")
     try:
-        obj = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as e:
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            cwd = os.getcwd()
+            if e.name != mod_name.partition(".")[0] or cwd in sys.path or "" in sys.path:
+                raise
+            sys.path.append(cwd)  # kept: the module may import its neighbours later
+            module = importlib.import_module(mod_name)
+    except SyntaxError as e:  # the user's module does not parse: where, not a traceback
+        where = f"{Path(e.filename).name}:{e.lineno}" if e.filename else f"line {e.lineno}"
+        raise InputError(source, None, f"cannot import policy {spec!r}: syntax error at {where} ({e.msg})") from None
+    except ImportError as e:
         raise InputError(source, None, f"cannot import policy {spec!r} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - the module's own code failed while importing
+        tb = traceback.extract_tb(e.__traceback__)[-1]
+        raise InputError(source, None, f"cannot import policy {spec!r}: {type(e).__name__}: {e} (at "
+                                       f"{Path(tb.filename).name}:{tb.lineno})") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise InputError(source, None, f"cannot import policy {spec!r} (module {mod_name!r} has no "
+                                       f"{attr!r})") from None
     if not (isinstance(obj, type) and issubclass(obj, Policy) and obj.name):
         raise InputError(source, None, f"{spec!r} is not a named simmoe Policy subclass")
     return obj

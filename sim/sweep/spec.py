@@ -17,14 +17,15 @@ field (batch, prefill_chunk, max_requests, ...; new fields work as soon as Repla
 values are overridden by grid and case values; a case may not set a parameter the grid sweeps. Relative
 paths (trace, hw and policy files) are relative to the spec file's folder.
 
-Names are checked when the spec is loaded (unknown keys, parameters, policies, options, profiles, missing
-traces: one error naming the file and key). Values are checked when a configuration runs, and a bad one is
-recorded in the results rather than stopping the sweep.
+Names and shapes are checked when the spec is loaded (unknown keys, parameters, policies, options, profiles,
+missing traces, a mapping or list where a single value belongs: one error naming the file and key). Values
+are checked when a configuration runs (by the same strict ReplayConfig and policy options as `replay`), and
+a bad one is recorded in the results rather than stopping the sweep: a grid may hold combinations that do
+not go together (batch 8 with max_batched_tokens 4). A sweep in which no configuration succeeds exits 2.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -34,10 +35,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from simmoe.errors import InputError
+from simmoe.validation import STRICT, describe
+from simmoe.yamlio import load_yaml
 
 POLICY_KINDS = ("policy", "prefetch", "placement", "precision", "routing")
 OPTION_GROUPS = tuple(f"{k}_options" for k in POLICY_KINDS)
@@ -48,7 +50,7 @@ def config_fields() -> list[str]:
     """ReplayConfig fields a sweep may set (read at call time so that new fields are picked up)."""
     from simmoe.engine.config import ReplayConfig
 
-    return [f.name for f in dataclasses.fields(ReplayConfig) if f.name not in EXCLUDED_CONFIG_FIELDS]
+    return [name for name in ReplayConfig.model_fields if name not in EXCLUDED_CONFIG_FIELDS]
 
 
 def param_names() -> list[str]:
@@ -71,7 +73,7 @@ class Config:
 
 
 class _SpecFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     trace: str | list[str] | None = None
     base: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
@@ -146,6 +148,13 @@ def _check_names(params: dict[str, Any], resolved: dict[str, Any], source: str, 
     for req in ("trace", "hw"):
         if params.get(req) is None:
             raise InputError(source, f"{where}.{req}" if where else req, "missing (set it in base, grid or cases)")
+        if not isinstance(params[req], str):
+            raise InputError(source, req, f"must be a {'file name' if req == 'trace' else 'profile name or path'}"
+                                          f", got {_short(params[req])}")
+    for k, v in params.items():  # replay settings and options are single values (an option may be a list)
+        group = k.partition(".")[0]
+        if not _is_scalar(v) and not (group in OPTION_GROUPS and isinstance(v, list) and _all_scalar(v)):
+            raise InputError(source, k, f"must be a single value, got {_short(v)}")
     if not Path(resolved["trace"]).is_file():
         raise InputError(source, "trace", f"trace file not found: {params['trace']}")
     try:
@@ -172,6 +181,19 @@ def _check_names(params: dict[str, Any], resolved: dict[str, Any], source: str, 
         group = k.partition(".")[0]
         if group in OPTION_GROUPS and resolved.get(group.removesuffix("_options")) is None:
             raise InputError(source, k, f"options given but no {group.removesuffix('_options')} policy")
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _all_scalar(v: list[Any]) -> bool:
+    return all(_is_scalar(x) or (isinstance(x, list) and _all_scalar(x)) for x in v)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _order(params: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +242,7 @@ def expand(data: object, source: str, folder: Path) -> SweepSpec:
             valid = list(_SpecFile.model_fields)
             raise InputError(source, loc, f"unknown key; {_hint(str(err['loc'][-1]), valid)}"
                                           f"valid keys: {', '.join(valid)}") from None
-        raise InputError(source, loc, err["msg"]) from None
+        raise InputError(source, loc, describe(err)) from None
     base = _flatten(spec.base, source, "base")
     grid_raw = spec.grid
     if spec.trace is not None:
@@ -255,15 +277,5 @@ def expand(data: object, source: str, folder: Path) -> SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    from simmoe.hw.profile import _UniqueKeyLoader  # rejects duplicate keys
-
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, None, "sweep spec not found")
-    try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(p, f"line {mark.line + 1}" if mark else None,
-                         f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    return expand(data, str(p), p.parent)
+    return expand(load_yaml(p, "sweep spec"), str(p), p.parent)

@@ -17,7 +17,7 @@ from typing import IO, Any
 import pandas as pd
 
 from simmoe.errors import InputError
-from simmoe.fileio import atomic_path
+from simmoe.fileio import atomic_path, check_output
 
 STATUS_COLUMNS = ("key", "status", "error", "run_s")
 # A configuration whose record has one of these statuses is not run again; "crash" (an unexpected
@@ -64,9 +64,7 @@ def check_out(out: str | Path) -> Path:
     p = Path(out)
     if p.suffix not in FORMATS:
         raise InputError("--out", str(p), f"must end in {' or '.join(FORMATS)}")
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError("--out", str(p), f"output folder {str(folder)!r} does not exist")
+    check_output(str(p), "--out")  # folder exists and takes files, not a folder itself
     return p
 
 
@@ -87,14 +85,24 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # errors="replace": a kill may cut a line inside a multi-byte character; that line is dropped anyway
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short when the sweep was killed mid-write
+        except (json.JSONDecodeError, RecursionError):  # a line cut short when the sweep was killed mid-write
             continue
         if isinstance(rec, dict) and "key" in rec:
             rows.append(rec)
     return rows
+
+
+def _torn(path: Path) -> bool:
+    """Whether the file's last line lacks its newline (the sweep was killed while writing it)."""
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def read_records(out: str | Path) -> dict[str, dict[str, Any]]:
@@ -118,11 +126,17 @@ class ResultStore:
     def done_keys(self) -> set[str]:
         return {k for k, r in self.records.items() if r.get("status") in DONE}
 
-    def add(self, rec: dict[str, Any]) -> None:
+    def _journal(self) -> IO[str]:
         if self._f is None:
             self._f = open(self.journal, "a", encoding="utf-8")
-        self._f.write(json.dumps(rec, default=_jsonable) + "\n")
-        self._f.flush()  # one line per finished configuration: a kill loses at most the running ones
+            if _torn(self.journal):  # a line cut short by a kill: the next record starts on a new line
+                self._f.write("\n")
+        return self._f
+
+    def add(self, rec: dict[str, Any]) -> None:
+        f = self._journal()
+        f.write(json.dumps(rec, default=_jsonable) + "\n")
+        f.flush()  # one line per finished configuration: a kill loses at most the running ones
         self.records[rec["key"]] = rec
 
     def close(self) -> None:

@@ -138,7 +138,20 @@ class Trace:
     @cached_property
     def spec(self) -> ModelSpec:
         """The model: meta["model_spec"] if present, else the catalog entry meta["model"], truncated to the
-        trace's layer count when the capture covers only the first L MoE layers."""
+        trace's layer count when the capture covers only the first L MoE layers (a partial capture: the
+        simulated model is then the first L MoE layers, and its name says so; see ModelSpec.truncated)."""
+        spec = self.model_spec
+        L = self.num_layers
+        if L > spec.num_moe_layers:
+            raise InputError(self.source, "experts",
+                             f"{L} MoE layers but model {spec.name!r} has {spec.num_moe_layers}")
+        if L < spec.num_moe_layers:
+            spec = spec.truncated(L)
+        return spec
+
+    @cached_property
+    def model_spec(self) -> ModelSpec:
+        """The whole model the trace names (meta.model_spec or the catalog's meta.model), before truncation."""
         meta = self.meta
         if meta.get("model_spec") is not None:
             spec = ModelSpec.from_dict(meta["model_spec"], source=self.source)
@@ -150,12 +163,6 @@ class Trace:
                 spec = get_model(name)
             except InputError as e:
                 raise InputError(self.source, "meta.model", e.message) from None
-        L = self.num_layers
-        if L > spec.num_moe_layers:
-            raise InputError(self.source, "experts",
-                             f"{L} MoE layers but model {spec.name!r} has {spec.num_moe_layers}")
-        if L < spec.num_moe_layers:
-            spec = spec.truncated(L)
         return spec
 
     # ---- subsets --------------------------------------------------------------------------------------
@@ -269,6 +276,8 @@ def _parse_meta(raw: np.ndarray, source: str) -> dict:
         meta = json.loads(str(raw[()]))
     except ValueError as e:
         raise InputError(source, "meta", f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(source, "meta", "not usable JSON (nested too deeply)") from None
     if not isinstance(meta, dict):
         raise InputError(source, "meta", f"must be a JSON object, got {type(meta).__name__}")
     return meta
@@ -368,6 +377,14 @@ def validate(trace: Trace) -> None:
     E = spec.num_experts
     if K > E:
         raise InputError(src, "experts", f"{K} slots per layer exceed the model's {E} experts")
+    if K > spec.top_k:  # slots beyond top_k may only pad with -1: the model routes each token to top_k experts
+        routed = (ex >= 0).sum(axis=2, dtype=np.int16)
+        bad = routed > spec.top_k
+        if bad.any():
+            r, layer = _first(bad)
+            raise InputError(src, "experts", f"row {r} layer {layer} routes {int(routed[r, layer])} experts but "
+                             f"{spec.name} routes each token to top-{spec.top_k} (a trace of the model run with "
+                             "more experts per token must embed a meta.model_spec with that top_k)")
 
     # expert ids
     lo, hi = int(ex.min()), int(ex.max())

@@ -47,6 +47,7 @@ from simmoe.errors import InputError
 from simmoe.fileio import atomic_open
 from simmoe.models import ModelSpec, get_model
 from simmoe.trace.format import Trace, make_meta, validate
+from simmoe.validation import check_memory
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "request": ("request", "request_id", "req_id", "seq_id"),
@@ -75,34 +76,43 @@ class _Records:
         self.where: list[tuple[str, int | None]] = []  # (file, line or row)
 
 
+# Integers in a record (layer, token, expert id, prompt_len, request id) live in [-2^31, 2^31): a trace's
+# rows and ids are 32-bit.
+_INT_LIMIT = 2**31
+
+
 def _int(v: Any, src: str, field: str) -> int:
     if isinstance(v, bool) or v is None:
         raise InputError(src, field, f"must be an integer, got {v!r}")
     if isinstance(v, float):
         if not v.is_integer():
             raise InputError(src, field, f"must be an integer, got {v!r}")
-        return int(v)
-    if isinstance(v, str):
+        out = int(v)
+    elif isinstance(v, str):
         try:
-            return int(v.strip())
+            out = int(v.strip())
         except ValueError:
             raise InputError(src, field, f"must be an integer, got {v!r}") from None
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    raise InputError(src, field, f"must be an integer, got {v!r}")
+    elif isinstance(v, (int, np.integer)):
+        out = int(v)
+    else:
+        raise InputError(src, field, f"must be an integer, got {v!r}")
+    if not -_INT_LIMIT <= out < _INT_LIMIT:
+        raise InputError(src, field, f"{out} is out of range (a 32-bit integer)")
+    return out
 
 
 def _phase(v: Any, key: str, src: str) -> int:
     if key == "is_prefill":
         if isinstance(v, bool):
             return 0 if v else 1
-        if v in (0, 1, "0", "1", "true", "false", "True", "False"):
+        if not isinstance(v, (list, dict)) and v in (0, 1, "0", "1", "true", "false", "True", "False"):
             return 0 if str(v).lower() in ("1", "true") else 1
         raise InputError(src, "is_prefill", f"must be true or false, got {v!r}")
     key_v = v.strip().lower() if isinstance(v, str) else v
     if isinstance(key_v, str) and key_v in ("0", "1"):
         key_v = int(key_v)
-    if isinstance(key_v, bool) or key_v not in _PHASE_WORDS:
+    if isinstance(key_v, (bool, list, dict)) or key_v not in _PHASE_WORDS:
         raise InputError(src, "phase", f"must be 'prefill', 'decode', 0 or 1, got {v!r}")
     return _PHASE_WORDS[key_v]
 
@@ -129,6 +139,8 @@ def _add(rec: _Records, fields: dict[str, Any], src: str, where: tuple[str, int 
         req = int(req)
     if not isinstance(req, (int, str)) or isinstance(req, bool):
         raise InputError(src, got["request"][0], f"must be an integer or a string, got {req!r}")
+    if isinstance(req, int):
+        _int(req, src, got["request"][0])  # in range
     ex_key, ex = got["experts"]
     if not isinstance(ex, list):
         raise InputError(src, ex_key, f"must be a list of expert ids, got {ex!r}")
@@ -199,11 +211,17 @@ def _build(rec: _Records, spec: ModelSpec, model: str, source: str, layer_index:
         i = int(np.argmax(token < 0))
         raise fail(i, "token", f"must be >= 0, got {rec.token[i]}")
 
-    # experts: [m, K], padded with -1
+    # experts: [m, K], padded with -1. A record may list more than K ids only if the extra ones are -1 (they
+    # are dropped); more routed experts than top-k is an error, as when reading a trace.
+    for i, e in enumerate(rec.experts):
+        if len(e) > K:
+            keep = [j for j, x in enumerate(e) if x != -1]
+            if len(keep) > K:
+                raise fail(i, "experts", f"{len(keep)} experts but {spec.name} routes each token to top-{K}")
+            rec.experts[i] = [e[j] for j in keep]
+            if rec.weights[i] is not None:
+                rec.weights[i] = [rec.weights[i][j] for j in keep]
     lens = np.fromiter((len(e) for e in rec.experts), np.int64, m)
-    if (lens > K).any():
-        i = int(np.argmax(lens > K))
-        raise fail(i, "experts", f"{lens[i]} experts but {spec.name} routes each token to top-{K}")
     flat = np.fromiter((x for e in rec.experts for x in e), np.int64, int(lens.sum()))
     rows_of = np.repeat(np.arange(m), lens)
     cols = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
@@ -267,6 +285,12 @@ def _build(rec: _Records, spec: ModelSpec, model: str, source: str, layer_index:
         raise fail(b, "token", f"request {rec.request[b]!r} layer {rec.layer[b]} token {rec.token[b]} "
                    f"already given at {_src(where[a], unit)}")
 
+    # gaps become -1 rows: a stray token number must not ask for terabytes (one line instead of MemoryError)
+    cells = L * K * (2 + (4 if gates is not None else 0))
+    i = int(np.argmax(token))
+    check_memory(N * (cells + 48), _src(where[i], unit),
+                 f"token {rec.token[i]} makes request {rec.request[i]!r} {rec.token[i] + 1:,} rows long (rows "
+                 f"without records are filled with -1), {N:,} rows in all", field="token")
     experts = np.full((N, L, K), -1, np.int16)
     experts[row, layer] = ex
     gate_arr = None
@@ -371,6 +395,8 @@ def import_jsonl(path: str | Path, model: str, layer_index: str = "moe", prompt_
                     obj = json.loads(line)
                 except ValueError as e:
                     raise InputError(where, None, f"not valid JSON ({e})") from None
+                except RecursionError:
+                    raise InputError(where, None, "not usable JSON (nested too deeply)") from None
                 if not isinstance(obj, dict):
                     raise InputError(where, None, f"must be a JSON object, got {type(obj).__name__}")
                 _add(rec, obj, where, (src, n), ignore)

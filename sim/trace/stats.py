@@ -303,7 +303,9 @@ def trace_stats(trace: Trace, fractions: Sequence[float] = DEFAULT_FRACTIONS) ->
         "prefill_rows": n - decode,
         "decode_rows": decode,
         "layers": L,
-        "top_k": K,
+        "model_moe_layers": trace.model_spec.num_moe_layers,  # more than `layers`: a partial capture
+        "top_k": spec.top_k,
+        "slots": K,  # expert slots per (row, layer); beyond top_k they only pad with -1
         "num_experts": E,
         "activations": valid,
         "null_slots": 1.0 - valid / (n * L * K) if n * L * K else float("nan"),
@@ -347,6 +349,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"(predicts {s['successor_predicted']:.1f} experts; random sets of that size: "
         f"{_pct(s['successor_uniform'])})",
     ]
+    if s.get("model_moe_layers", s["layers"]) > s["layers"]:
+        lines.append(f"note       the trace covers the first {s['layers']} of the model's {s['model_moe_layers']} MoE "
+                     f"layers: replay simulates those layers only (the time and memory of a cut-down model)")
     if s.get("predicted_recall") is not None:
         lines.append(f"predicted  the trace's own next-layer predictions recall {_pct(s['predicted_recall'])}")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ import numpy as np
 from simmoe.errors import InputError
 from simmoe.models import CATALOG, ModelSpec, get_model
 from simmoe.trace.format import Trace, make_meta, validate
+from simmoe.validation import check_memory
 
 SYNTH_SOURCE = "synthetic (simmoe.trace.synth): generated, not captured from a real model"
 
@@ -123,8 +124,14 @@ def synth_trace(
     if (lens == 0).any():
         raise InputError("synth", "prompt_tokens", "every request needs at least one token")
 
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError("synth", "seed", f"must be an integer >= 0, got {seed!r}")
+
     L, E, K = spec.num_moe_layers, spec.num_experts, spec.top_k
     R, T = requests, int(lens.max())
+    # the generator holds [T * R, L, K] int64 draws a few times over and one [T * R, E] score row per layer
+    check_memory(T * R * (4 * 8 * L * K + 8 * E), "synth", f"{R:,} requests of up to {T:,} tokens of "
+                 f"{spec.name}")
     rng = np.random.default_rng(seed)
 
     # popularity (log weights) and successor permutations, per layer
@@ -306,6 +313,8 @@ def fit_synth_params(trace: Trace, max_rows: int = 2500, seed: int = 0, max_eval
     spec = trace.spec
     K, L, E = trace.top_k, trace.num_layers, spec.num_experts
     target = fit_stats(trace, fractions)
+    if not (trace.experts >= 0).any():
+        raise InputError(trace.source, "experts", "no expert is routed (every id is -1): nothing to fit")
     prompt, decode = _cap_shapes(*request_shapes(trace), max_rows)
     model = _model_of(trace)
 
@@ -319,6 +328,11 @@ def fit_synth_params(trace: Trace, max_rows: int = 2500, seed: int = 0, max_eval
         free.append("slot_shuffle")
         if not np.isnan(target["reuse_same_slot"]):
             keys.append("reuse_same_slot")
+    undefined = [k for k in ("lru", *keys) if np.isnan(np.asarray(target[k], dtype=float)).any()]
+    if undefined:  # e.g. a one-row trace has no reuse: least_squares cannot start from NaN
+        raise InputError(trace.source, "experts", f"too little routing to fit: its {undefined[0]} statistic is "
+                                                  "undefined (it needs requests of two or more rows that route "
+                                                  "experts)")
     memo: dict[tuple[float, ...], dict[str, Any]] = {}
 
     def measure(x: np.ndarray) -> dict[str, Any]:

@@ -36,11 +36,12 @@ import dataclasses
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import Field, field_validator
 
 from simmoe.errors import InputError
 from simmoe.policies.base import Options, PolicySet, PrecisionPolicy, SystemPolicy, cache_size_options
+from simmoe.validation import tuple_from_list
+from simmoe.yamlio import scalar
 
 REFERENCE = ("Wang et al. MobiCom 2025, D2MoE: Dual Routing and Dynamic Scheduling for Efficient On-Device "
              "MoE-based LLM Serving (arXiv 2504.15299)")
@@ -49,13 +50,10 @@ REFERENCE = ("Wang et al. MobiCom 2025, D2MoE: Dual Routing and Dynamic Scheduli
 def _listish(v):
     """Lists from the command line arrive as text (`--opt bits_by_rank=4,2` or `=[4,2]`): parse them."""
     if isinstance(v, str):
-        try:
-            v = yaml.safe_load(v)
-        except yaml.YAMLError:
-            return v
+        v = scalar(v)
         if isinstance(v, str):
-            v = [yaml.safe_load(x) for x in v.split(",")]
-    return [v] if isinstance(v, (int, float)) else v
+            v = [scalar(x) for x in v.split(",")]
+    return (v,) if isinstance(v, (int, float)) else tuple_from_list(v)
 
 
 class MatryoshkaOptions(Options):

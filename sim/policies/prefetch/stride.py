@@ -17,12 +17,13 @@ from pydantic import Field
 
 from simmoe.policies.base import CacheOptions, PolicySet, SystemPolicy, cache_size_options
 from simmoe.policies.prefetch.next_layer import NextLayerOptions, NextLayerPrefetch
+from simmoe.validation import ChunkMiB
 
 
 class StrideOptions(NextLayerOptions):
     distance: int = 2
-    chunk_mb: float | None = Field(None, gt=0, allow_inf_nan=False,
-                                   description="preemptible prefetch chunks of this many MiB (None: FIFO copies)")
+    chunk_mb: ChunkMiB | None = Field(None,
+                                      description="preemptible prefetch chunks of this many MiB (None: FIFO copies)")
 
 
 class StridePrefetch(NextLayerPrefetch):
@@ -40,7 +41,7 @@ class ProMoEOptions(CacheOptions):
     # ProMoE's chunk size is not given in what we could read. 32 MiB: a DeepSeek-V2-Lite expert (16.5 MiB) is
     # one chunk (demand copies overtake queued prefetches only), a Mixtral expert (336 MiB) 11 chunks of
     # ~1.4 ms on PCIe 4, each paying the ~10 us link latency once.
-    chunk_mb: float = Field(32.0, gt=0, allow_inf_nan=False)
+    chunk_mb: ChunkMiB = 32.0
 
 
 class ProMoE(SystemPolicy):
