@@ -101,8 +101,8 @@ def test_datasheet_profiles_unchanged():
     ({"bytes": [4096, 1024], "us": [10.0, 20.0]}, "strictly increasing"),
     ({"bytes": [1024], "us": [10.0]}, "at least 2 sizes"),
     ({"bytes": [1024, 4096], "us": [10.0]}, "equal length"),
-    ({"bytes": [0, 4096], "us": [10.0, 20.0]}, "greater than or equal to 1"),
-    ({"bytes": [1024, 4096], "us": [0.0, 20.0]}, "greater than 0"),
+    ({"bytes": [0, 4096], "us": [10.0, 20.0]}, "must be >= 1"),
+    ({"bytes": [1024, 4096], "us": [0.0, 20.0]}, "must be >= 1e-06"),
 ])
 def test_bad_tables_are_one_line_errors(table, needle):
     d = _datasheet()
