@@ -13,7 +13,8 @@ from simmoe.errors import InputError
 from simmoe.hw.profile import load_profile
 from simmoe.models.catalog import get_model
 from simmoe.policies.base import PolicySet, parse_options
-from simmoe.policies.precision.matryoshka import D2MoE, Matryoshka
+from simmoe.policies.precision.matryoshka import Matryoshka
+from simmoe.policies.systems.d2moe import D2MoE
 
 HW = "rtx3090"
 P = get_model("mixtral-8x7b").expert_params  # 3 x 4096 x 14336 weights per expert

@@ -15,7 +15,8 @@ from simmoe.engine.replay import Replay, replay
 from simmoe.errors import InputError
 from simmoe.hw.profile import load_profile
 from simmoe.policies.base import PolicySet, parse_options
-from simmoe.policies.routing.swapmoe import SwapMoE, VirtualExperts, VirtualExpertsOptions
+from simmoe.policies.routing.swapmoe import VirtualExperts, VirtualExpertsOptions
+from simmoe.policies.systems.swapmoe import SwapMoE
 
 HW = "a100-80gb-sxm"
 

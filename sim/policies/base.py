@@ -342,13 +342,17 @@ class SystemPolicy(Policy):
         raise NotImplementedError
 
 
-class CacheOptions(Options):
-    """Sizing shared by every cache policy: per-layer slots, or a global cache of a byte budget.
+class CacheSize(Options):
+    """A cache size: slots per MoE layer, or a byte budget in GiB. With neither, the cache takes the GPU memory
+    left after the dense weights, KV cache and activations. Named systems that size their cache subclass it
+    (and pass it on with `cache_size_options`), so the sizes validate the same everywhere."""
 
-    With neither size given the cache takes the GPU memory left after the dense weights, KV cache and
-    activations (split evenly across layers when scope=layer).
-    """
-
-    scope: Literal["layer", "global"] = "layer"
     slots_per_layer: int | None = Field(None, ge=0)
     cache_gb: float | None = Field(None, ge=0)  # GiB; finite (strict options)
+
+
+class CacheOptions(CacheSize):
+    """Sizing shared by every cache policy: per-layer slots, or a global cache of a byte budget (split evenly
+    across layers when scope=layer)."""
+
+    scope: Literal["layer", "global"] = "layer"

@@ -46,10 +46,6 @@ from simmoe.errors import InputError
 from simmoe.policies.base import (
     CacheOptions,
     CachePolicy,
-    Options,
-    PolicySet,
-    SystemPolicy,
-    cache_size_options,
 )
 from simmoe.policies.cache.static_popular import profile_counts
 
@@ -168,25 +164,3 @@ class DataAware(CachePolicy):
 
     def keys(self) -> list[int]:
         return list(self._res)
-
-
-class DaopOptions(Options):
-    slots_per_layer: int | None = Field(None, ge=0)
-    cache_gb: float | None = Field(None, ge=0)
-    profile: str | None = None
-    swap_ratio: float = Field(1.05, gt=0.0)
-    swaps: int = Field(4, ge=0)
-
-
-class Daop(SystemPolicy):
-    name = "daop"
-    summary = "DAOP: data-aware per-sequence expert allocation (prefill swaps) + CPU for misses cheaper there"
-    reference = "Zhang, Aggarwal & Mitra, DATE 2025, DAOP (arXiv 2501.10375)"
-    Options = DaopOptions
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        cache_opts = cache_size_options(options, "profile")
-        return PolicySet(cache="data-aware",
-                         cache_options={**cache_opts, "swap_ratio": options.swap_ratio, "swaps": options.swaps},
-                         placement="fiddler")

@@ -3,7 +3,7 @@ llama.cpp `--cpu-moe`). Only activations cross PCIe."""
 
 from __future__ import annotations
 
-from simmoe.policies.base import Options, PlacementPolicy, PolicySet, SystemPolicy
+from simmoe.policies.base import Options, PlacementPolicy
 
 
 class AllOnCpu(PlacementPolicy):
@@ -15,14 +15,3 @@ class AllOnCpu(PlacementPolicy):
 
     def place(self, acc, costs) -> str:
         return "cpu"
-
-
-class CpuExperts(SystemPolicy):
-    name = "cpu-experts"
-    summary = "routed experts on the CPU, attention and shared experts on the GPU (kTransformers, llama.cpp --cpu-moe)"
-    reference = "kTransformers; llama.cpp --cpu-moe"
-    Options = Options
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        return PolicySet(cache="ondemand", placement="cpu")

@@ -39,7 +39,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from simmoe.errors import InputError
-from simmoe.policies.base import Options, PolicySet, PrecisionPolicy, SystemPolicy, cache_size_options
+from simmoe.policies.base import Options, PrecisionPolicy
 from simmoe.validation import tuple_from_list
 from simmoe.yamlio import scalar
 
@@ -130,31 +130,3 @@ class Matryoshka(PrecisionPolicy):
         rank = np.argsort(np.argsort(-g, axis=-1, kind="stable"), axis=-1, kind="stable")
         table = np.asarray(o.bits_by_rank, dtype=np.int8)
         return table[np.minimum(rank, len(table) - 1)]
-
-
-class D2MoEOptions(Options):
-    slots_per_layer: int | None = None
-    cache_gb: float | None = None
-    levels: tuple[int, ...] = (2, 3, 4)
-    bits_by_rank: tuple[int, ...] = (4, 2)
-    io_order: Literal["hebf", "hottest", "sequential"] = "hebf"
-
-    _lists = field_validator("levels", "bits_by_rank", mode="before")(_listish)
-
-    def model_post_init(self, _ctx) -> None:  # the same checks as the precision policy's, under this name
-        MatryoshkaOptions(levels=self.levels, bits_by_rank=self.bits_by_rank)
-
-
-class D2MoE(SystemPolicy):
-    name = "d2moe"
-    summary = "D2MoE: LRU cache of nested-bit experts (matryoshka precision, hottest-expert-bit-first I/O)"
-    reference = REFERENCE
-    Options = D2MoEOptions
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        cache_opts = cache_size_options(options)
-        prec = {"levels": list(options.levels), "bits_by_rank": list(options.bits_by_rank),
-                "io_order": options.io_order}
-        return PolicySet(cache="lru", cache_options=cache_opts, precision="matryoshka",
-                         precision_options=prec)

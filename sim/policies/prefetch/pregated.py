@@ -5,7 +5,7 @@ capture recorded a separate pre-gate)."""
 
 from __future__ import annotations
 
-from simmoe.policies.base import Options, PolicySet, PrefetchPolicy, StepView, SystemPolicy
+from simmoe.policies.base import Options, PrefetchPolicy, StepView
 
 
 class PregatedPrefetch(PrefetchPolicy):
@@ -20,20 +20,3 @@ class PregatedPrefetch(PrefetchPolicy):
         src = view.predicted_by_layer[layer] if view.predicted_by_layer is not None else \
             view.experts_by_layer[layer + 1]
         return [(layer + 1, int(e)) for e in src]
-
-
-class PregatedOptions(Options):
-    # The paper keeps about one block's experts per layer on the GPU; default: the cache fills free memory.
-    slots_per_layer: int | None = None
-
-
-class PregatedSystem(SystemPolicy):
-    name = "pregated-moe"
-    summary = "Pre-gated MoE: per-layer LRU buffers filled by the pre-gate one layer ahead"
-    reference = "Hwang et al. ISCA 2024, Pre-gated MoE"
-    Options = PregatedOptions
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        opts = {"slots_per_layer": options.slots_per_layer} if options.slots_per_layer is not None else {}
-        return PolicySet(cache="lru", cache_options=opts, prefetch="pregated")

@@ -25,11 +25,8 @@ from pydantic import Field
 
 from simmoe.policies.base import (
     Options,
-    PolicySet,
     PrefetchPolicy,
     StepView,
-    SystemPolicy,
-    cache_size_options,
 )
 
 
@@ -52,23 +49,3 @@ class RingPrefetch(PrefetchPolicy):
             return ()
         target = (layer + self.depth) % len(view.experts_by_layer)
         return [(target, e) for e in range(self.ctx.num_experts)]
-
-
-class SeMoEOptions(Options):
-    slots_per_layer: int | None = Field(None, ge=0, description="cache size as slots per layer (global scope)")
-    cache_gb: float | None = Field(None, ge=0, description="cache size in GiB")
-    sections: int | None = Field(None, ge=1, description="ring depth in layers (default: whole layers that fit)")
-
-
-class SeMoE(SystemPolicy):
-    name = "se-moe"
-    summary = "SE-MoE: GPU memory as a ring of whole-layer sections, loaded round-robin (FIFO cache + ring)"
-    reference = "Shen et al. 2022, SE-MoE (arXiv 2205.10034)"
-    Options = SeMoEOptions
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        cache_opts = cache_size_options(options)
-        ring_opts = {"depth": options.sections} if options.sections is not None else {}
-        return PolicySet(cache="fifo", cache_options={"scope": "global", **cache_opts},
-                         prefetch="ring", prefetch_options=ring_opts)

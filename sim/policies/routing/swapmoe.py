@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from simmoe.policies.base import Options, PolicySet, RoutingPolicy, SystemPolicy
+from simmoe.policies.base import Options, RoutingPolicy
 
 REFERENCE = ("Kong et al. ACL 2024, SwapMoE: Serving Off-the-shelf MoE-based Large Language Models with "
              "Tunable Memory Budget (arXiv 2308.15030)")
@@ -222,25 +222,3 @@ class _Sets:
             self.substituted += len(ui)
         lay = np.broadcast_to(lidx[None, :, None], ex.shape)
         self._use(lay[use], use_e[use])
-
-
-class SwapMoEOptions(Options):
-    slots: int = Field(8, ge=1, description="virtual experts per MoE layer = GPU cache slots per layer")
-    update_every: int = Field(16, ge=1, description="tokens between updates of the virtual set")
-    decay: float = Field(0.9, ge=0.0, lt=1.0, description="importance EMA decay per token")
-    background: bool = Field(True, description="load joining experts ahead of use (set-loader prefetch), "
-                                               "not on first use")
-
-
-class SwapMoE(SystemPolicy):
-    name = "swapmoe"
-    summary = "SwapMoE: virtual-experts routing + a cache of `slots` per layer that holds exactly the set"
-    reference = REFERENCE
-    Options = SwapMoEOptions
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        ropts = {"slots": options.slots, "update_every": options.update_every, "decay": options.decay}
-        return PolicySet(cache="virtual-set", cache_options={"slots_per_layer": options.slots},
-                         routing="virtual-experts", routing_options=ropts,
-                         prefetch="set-loader" if options.background else None)
