@@ -408,4 +408,4 @@ def test_rows_of_a_gpu_calibration_make_a_file_and_a_profile_without_base():
     assert prov["pcie.copy_engines"].how == "measured" and prov["gpu.kernel_min_us"].how == "measured"
     borrowed = {k for k, o in prov.items() if o.how == "borrowed"}
     assert all(prov[k].source.startswith("schema default") for k in borrowed)
-    assert "gpu.reserved_gib" in borrowed and "host.kernels_per_expert" in borrowed
+    assert "gpu.reserved_gib" in borrowed and "host.native_launch_us" in borrowed

@@ -14,13 +14,13 @@ from conftest import REPO, assert_clean_error, random_trace
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.replay import Replay
 from simmoe.engine.simpy_timeline import SimpyTimeline
-from simmoe.engine.timeline import D2H, H2D, ChunkedTimeline, PrefetchHandle, Timeline
+from simmoe.engine.timeline import D2H, H2D, ChunkedTimeline, HostCosts, PrefetchHandle, Timeline
 from simmoe.errors import InputError
-from simmoe.hw.profile import HostSpec, load_profile
+from simmoe.hw.profile import load_profile
 from simmoe.policies.base import PolicySet
 from simmoe.trace.format import read_trace
 
-HOST = HostSpec(launch_overhead_us=10.0, copy_issue_us=2.0, sync_us=5.0)
+HOST = HostCosts(launch_us=10.0, copy_issue_us=2.0, sync_us=5.0)
 
 
 def _simpy_times(program, copy_engines: int = 2) -> list[float]:

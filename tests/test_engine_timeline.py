@@ -9,11 +9,11 @@ from conftest import random_trace
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.replay import Replay
 from simmoe.engine.simpy_timeline import SimpyTimeline
-from simmoe.engine.timeline import D2H, H2D, ChunkedTimeline, Timeline
-from simmoe.hw.profile import HostSpec, load_profile
+from simmoe.engine.timeline import D2H, H2D, ChunkedTimeline, HostCosts, Timeline
+from simmoe.hw.profile import load_profile
 from simmoe.policies.base import PolicySet
 
-HOST = HostSpec(launch_overhead_us=10.0, copy_issue_us=2.0, sync_us=5.0)
+HOST = HostCosts(launch_us=10.0, copy_issue_us=2.0, sync_us=5.0)
 
 
 def both(fn, host=HOST, copy_engines=2, chunked=False):

@@ -194,7 +194,7 @@ def test_dump_round_trips(name):
     text = dump_profile(p)
     back = profile_from_dict(yaml.safe_load(text), "dump")
     assert back == p
-    assert "kernels_per_expert" in text  # defaults are written out
+    assert "native_launch_us" in text  # defaults are written out
 
 
 # ---- resolution -------------------------------------------------------------------------------------------
@@ -411,7 +411,7 @@ def test_cli_hw_show_round_trips(simmoe_cli):
     data = yaml.safe_load(res.stdout)
     assert profile_from_dict(data, "stdout") == load_profile("rtx3090")
     # defaults are filled in
-    assert data["host"]["kernels_per_expert"] == 6
+    assert data["host"]["native_launch_us"] == 3.0
     assert data["nvme"]["read_gbps"] == pytest.approx(6.5)
 
 

@@ -32,8 +32,10 @@ class ReplayConfig(BaseModel):
 
     batch: PosInt = 1  # concurrent requests in the decode batch
     prefill_chunk: PosInt | None = None  # prefill rows per step (None: a request's whole prompt in one step)
-    host_memory: Literal["pinned", "pageable"] = "pinned"  # where offloaded experts live on the host
-    copy_stream: Literal["separate", "compute"] = "separate"  # stream expert copies are issued on
+    # where offloaded experts live on the host, and the stream expert copies are issued on (None: the runtime
+    # profile's choice; given, they override it)
+    host_memory: Literal["pinned", "pageable"] | None = None
+    copy_stream: Literal["separate", "compute"] | None = None
     engine: Literal["fast", "simpy"] = "fast"  # recurrence, or one SimPy event per kernel (reference)
     staging_buffers: PosInt = 2  # expert buffers for policies without a cache (ondemand)
     # ProMoE's chunked, preemptible prefetch (None: copies are FIFO). Every prefetcher's copies are split into

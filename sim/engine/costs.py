@@ -1,8 +1,10 @@
 """Cost model: how long each piece of work takes on a hardware profile, in microseconds.
 
 GPU and CPU kernels use a roofline (max of compute time and memory time at the profile's efficiencies),
-floored by the shortest kernel; calibrated profiles replace the expert-FFN estimate by the measured table
-for the expert's shape. Copies cost latency + bytes / bandwidth, or, where the profile has a measured copy
+floored by the shortest kernel times the kernels the runtime launches for the part; calibrated profiles
+replace the expert-FFN estimate by the measured table for the expert's shape. The bytes a kernel reads per
+weight follow the runtime's weight formats (a fused dequantising GEMM reads the packed weights and their
+scales; a separate dequantisation pass adds its own traffic), or the model's own precision. Copies cost latency + bytes / bandwidth, or, where the profile has a measured copy
 table for the direction and memory kind, the table interpolated (`copy_table_us`).
 """
 
@@ -16,6 +18,8 @@ from simmoe.hw.kernel_keys import compute_dtype
 from simmoe.hw.kernel_keys import shape_key as _shape_key
 from simmoe.hw.profile import CopyTable, HwProfile, KernelTable
 from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
+from simmoe.runtime.formats import get_format
+from simmoe.runtime.profile import RuntimeProfile
 
 
 def shape_key(spec: ModelSpec, dtype: str | None = None) -> str:
@@ -51,12 +55,14 @@ def copy_table_us(table: CopyTable, nbytes: float) -> float:
 
 
 class CostModel:
-    def __init__(self, spec: ModelSpec, hw: HwProfile, *, pinned: bool = True,
-                 dequant_flops_per_param: float = 0.0) -> None:
+    def __init__(self, spec: ModelSpec, hw: HwProfile, runtime: RuntimeProfile | None = None, *,
+                 pinned: bool = True, dequant_flops_per_param: float = 0.0) -> None:
         self.spec = spec
         # dequantising weights on the fly: extra work per weight per kernel, independent of token count
         self._dequant_flops = dequant_flops_per_param * spec.expert_params
         self.hw = hw
+        self.runtime = runtime = runtime or RuntimeProfile(name="generic", source="generic")
+        self.kernels = runtime.kernels
         self.pinned = pinned
         g = hw.gpu
         self._act_bytes = BYTES_PER_PARAM[spec.dtype]
@@ -65,22 +71,40 @@ class CostModel:
         c = hw.cpu
         self._cpu_flops = c.peak_gflops * 1e9 * c.matmul_efficiency
         self._cpu_bw = c.memory_gbps * 1e9 * c.membw_efficiency
+        self._cpu_call_us = runtime.cpu.per_call_us if runtime.cpu.per_call_us is not None else c.expert_overhead_us
         # calibration times experts stored in a format torch lacks (int4, mxfp4, fp8) at bf16: look there too
         keys = [shape_key(spec)] if spec.expert_bits else [shape_key(spec), shape_key(spec, compute_dtype(spec))]
         k = hw.kernels
         self._gpu_table = next((k.expert_ffn_gpu[x] for x in keys if x in k.expert_ffn_gpu), None)
         self._cpu_table = next((k.expert_ffn_cpu[x] for x in keys if x in k.expert_ffn_cpu), None)
         self.expert_bytes = spec.expert_bytes()
+        # bytes a kernel reads per weight: the runtime's formats, else the stored size
+        w = runtime.weights
+        self._dense_read = self._read_bytes(w.dense, BYTES_PER_PARAM[spec.dtype])
+        self._expert_read = self._expert_bytes_read(w.experts)
+        self._cpu_expert_read = self._expert_bytes_read(w.cpu_experts or w.experts)
         p = hw.pcie
         self._h2d_gbps = p.h2d_pinned_gbps if pinned else p.h2d_pageable_gbps
         self._d2h_gbps = p.d2h_pinned_gbps if pinned else p.d2h_pageable_gbps
         self._copy_tables = p.copy_tables
         self._copy_memo: dict[tuple[str, float, bool], float] = {}  # the replay copies few distinct sizes
-        self.launch_us = hw.host.launch_overhead_us
         # cache per-token-count answers: the engine asks the same few sizes millions of times
         self.expert_gpu_us = lru_cache(maxsize=4096)(self._expert_gpu_us)
         self.expert_cpu_us = lru_cache(maxsize=4096)(self._expert_cpu_us)
         self.expert_gpu_us_at = lru_cache(maxsize=4096)(self._expert_gpu_us_at)
+
+    @staticmethod
+    def _read_bytes(fmt: str | None, stored: float) -> float:
+        """Bytes a kernel reads per weight in format `fmt` (GEMM and dequantisation passes); `stored` (the
+        model's own size per weight) when the runtime keeps the model's precision."""
+        if fmt is None:
+            return stored
+        f = get_format(fmt)
+        return f.gemm_bytes + f.dequant_bytes
+
+    def _expert_bytes_read(self, fmt: str | None) -> float:
+        """Bytes one call of an expert reads: its stored bytes, or its weights in the runtime's format."""
+        return self.expert_bytes if fmt is None else self.spec.expert_params * self._read_bytes(fmt, 0.0)
 
     # ---- GPU ---------------------------------------------------------------------------------------------
     def gpu_roofline_us(self, flops: float, nbytes: float, kernels: int = 1) -> float:
@@ -93,8 +117,8 @@ class CostModel:
             return kernel_table_us(self._gpu_table, tokens)
         s = self.spec
         act = tokens * (2 * s.d_model + 3 * s.expert_d_ff) * self._act_bytes
-        return self.gpu_roofline_us(s.expert_flops(tokens) + self._dequant_flops, self.expert_bytes + act,
-                                    self.hw.host.kernels_per_expert)
+        return self.gpu_roofline_us(s.expert_flops(tokens) + self._dequant_flops, self._expert_read + act,
+                                    self.kernels.per_expert)
 
     def _expert_gpu_us_at(self, tokens: int, weight_bytes: int) -> float:
         """As `expert_gpu_us`, reading `weight_bytes` of weights instead of the whole expert (nested
@@ -104,28 +128,28 @@ class CostModel:
         s = self.spec
         act = tokens * (2 * s.d_model + 3 * s.expert_d_ff) * self._act_bytes
         return self.gpu_roofline_us(s.expert_flops(tokens) + self._dequant_flops, weight_bytes + act,
-                                    self.hw.host.kernels_per_expert)
+                                    self.kernels.per_expert)
 
     def _ffn_gpu_us(self, d_ff: int, tokens: int, n: int = 1) -> float:
         s = self.spec
         mats = 3 if s.activation in ("swiglu", "geglu") else 2
         params = n * mats * s.d_model * d_ff
-        nbytes = params * BYTES_PER_PARAM[s.dtype] + tokens * (2 * s.d_model + mats * d_ff) * self._act_bytes
-        return self.gpu_roofline_us(2.0 * params * tokens, nbytes, self.hw.host.kernels_per_dense_ffn)
+        nbytes = params * self._dense_read + tokens * (2 * s.d_model + mats * d_ff) * self._act_bytes
+        return self.gpu_roofline_us(2.0 * params * tokens, nbytes, self.kernels.per_dense_ffn)
 
     def attention_us(self, tokens: int, context_tokens: int) -> float:
         """Attention block of one layer: projections over `tokens` new tokens, reading `context_tokens` of KV
         (summed over the sequences in the step)."""
         s = self.spec
         kv_layer = s.kv_bytes_per_token() / s.num_layers
-        nbytes = s.attn_params * BYTES_PER_PARAM[s.dtype] + context_tokens * kv_layer
+        nbytes = s.attn_params * self._dense_read + context_tokens * kv_layer
         flops = 2.0 * s.attn_params * tokens + 4.0 * context_tokens * s.num_heads * s.head_dim
-        return self.gpu_roofline_us(flops, nbytes, self.hw.host.kernels_per_attention)
+        return self.gpu_roofline_us(flops, nbytes, self.kernels.per_attention)
 
     def router_us(self, tokens: int) -> float:
         s = self.spec
         return self.gpu_roofline_us(2.0 * s.router_params * tokens,
-                                    s.router_params * BYTES_PER_PARAM[s.dtype], self.hw.host.kernels_per_router)
+                                    s.router_params * BYTES_PER_PARAM[s.dtype], self.kernels.per_router)
 
     def shared_experts_us(self, tokens: int) -> float:
         s = self.spec
@@ -138,15 +162,15 @@ class CostModel:
         """Embedding, final norm, lm_head and sampling of one step (lm_head on the sampled rows only)."""
         s = self.spec
         p = s.vocab_size * s.d_model
-        return self.gpu_roofline_us(2.0 * p * tokens, p * BYTES_PER_PARAM[s.dtype], self.hw.host.kernels_per_step)
+        return self.gpu_roofline_us(2.0 * p * tokens, p * BYTES_PER_PARAM[s.dtype], self.kernels.per_step)
 
     # ---- CPU ---------------------------------------------------------------------------------------------
     def _expert_cpu_us(self, tokens: int) -> float:
         if self._cpu_table is not None:
             return kernel_table_us(self._cpu_table, tokens)
         s = self.spec
-        t = max((s.expert_flops(tokens) + self._dequant_flops) / self._cpu_flops, self.expert_bytes / self._cpu_bw) * 1e6
-        return t + self.hw.cpu.expert_overhead_us
+        t = max((s.expert_flops(tokens) + self._dequant_flops) / self._cpu_flops, self._cpu_expert_read / self._cpu_bw)
+        return t * 1e6 + self._cpu_call_us
 
     # ---- copies ------------------------------------------------------------------------------------------
     def h2d_us(self, nbytes: float, pinned: bool | None = None) -> float:

@@ -5,7 +5,8 @@ plain `Timeline` that is most of a replay's run time. `FastStepTiming` computes 
 same arithmetic, in the same order, so the results are equal bit for bit (tested) — with the host clock,
 the queues' free times and the busy/stall counters in local variables, and hands them back to the
 timeline at the end of the step. Steps recorded for a timeline (and CPU experts, which are rare) go through
-the timeline's methods.
+the timeline's methods, and so do runtimes with per-expert host work or syncs, split or written-back copies,
+fused MoE kernels or CUDA graphs (`StepTiming.play`).
 """
 
 from __future__ import annotations
@@ -20,27 +21,33 @@ class FastStepTiming(StepTiming):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._expert_k: dict = {}  # tokens (or (tokens, weight bytes)) -> (each, kpe * each, (kpe - 1) * each)
+        rh, rx = self.rh, self.rx
+        # what this path computes: anything else goes through StepTiming.play
+        self.inlined = not (rh.per_expert_us or rh.syncs_per_expert or rh.per_moe_layer_us or rh.per_copy_us
+                            or rh.graphs_max_tokens or rx.writeback or rx.copies_per_expert != 1 or self.rk.fused)
 
     def _expert_kernels(self, nt: int, wb: int) -> tuple[float, float, float]:
-        kpe = self.sc.hw.host.kernels_per_expert
+        kpe = self.rk.per_expert
         each = self._each(nt, wb)
         x = self._expert_k[nt if not wb else (nt, wb)] = (each, kpe * each, (kpe - 1) * each)
         return x
 
     def play(self, step: Step, i: int, planner: AccessPlanner) -> None:
         tl = self.tl
-        if tl.record or tl.__class__ is not Timeline:
+        if tl.record or tl.__class__ is not Timeline or not self.inlined:
             return super().play(step, i, planner)
         sc = self.sc
         spec, hw = sc.spec, sc.hw
-        host = hw.host
         planner.begin_step(step, i)
         d = self.dense_costs(step)
         ka, kr, kd, ks = d.ka, d.kr, d.kd, d.ks
-        Lh = host.launch_overhead_us
+        host = tl.host
+        host.launch_us = self.launch_us
+        Lh = host.launch_us
         ci = host.copy_issue_us
         sy = host.sync_us
-        kpe = host.kernels_per_expert
+        kpe = self.rk.per_expert
+        moe_syncs, step_syncs = self.rh.syncs_per_moe_layer, max(self.rh.syncs_per_step, 1)
         kmin = hw.gpu.kernel_min_us
         shared_engine = tl.copy_engines < 2
         on_compute, blocking = self.on_compute, self.blocking
@@ -110,6 +117,8 @@ class FastStepTiming(StepTiming):
                 h = t
             h += sy
 
+        if self.rh.per_step_us:  # host_work(per_step_us)
+            h += self.rh.per_step_us
         if ks:
             kernels(ks // 2 or 1, d.extra_each, None)
         moe_of = sc.moe_of
@@ -147,9 +156,10 @@ class FastStepTiming(StepTiming):
                     r_end = end
             if m < 0:
                 continue
-            if r_end > h:  # sync(r_end): the routing to the host
-                h = r_end
-            h += sy
+            for _ in range(moe_syncs):  # sync(r_end): the routing to the host
+                if r_end > h:
+                    h = r_end
+                h += sy
             ops, cpu, pre = planner.plan_layer(m)
             for op in ops:
                 kind = op[0]
@@ -263,6 +273,7 @@ class FastStepTiming(StepTiming):
                 ready[buf] = end
         if ks:
             kernels(ks - (ks // 2 or 1) or 1, d.extra_each, None)
-        sync(g)
+        for _ in range(step_syncs):
+            sync(g)
         tl.h, tl.gpu_free, tl.h2d_free, tl.d2h_free = h, g, h2d, d2h
         c.gpu_busy, c.h2d_busy, c.stall_copy, c.stall_dispatch = gbusy, hbusy, s_copy, s_disp

@@ -66,11 +66,15 @@ class PlanCounts:
 
 
 class AccessPlanner:
-    def __init__(self, sc: Scenario, *, order: Order = "appearance", lookup: Lookup = "at-use") -> None:
+    def __init__(self, sc: Scenario, *, order: Order | None = None, lookup: Lookup | None = None) -> None:
+        """`order` and `lookup` default to the runtime's (`experts.order`, `experts.lookup`)."""
         self.sc = sc
         r = sc.policies
         L, E = sc.num_layers, sc.num_experts
         self.L, self.E = L, E
+        rx = sc.runtime.experts
+        order = order or rx.order
+        lookup = lookup or rx.lookup
         if order not in ("appearance", "index") or lookup not in ("at-use", "layer"):
             raise ValueError(f"unknown access order {order!r} / lookup {lookup!r}")
         self.placer = r.placement_cls(r.placement_opts) if r.placement_cls else None
@@ -80,6 +84,8 @@ class AccessPlanner:
                              "(hottest first): it does not combine with another access order")
         self.order = order
         self.lookup = "layer" if self.layer_wise else lookup
+        self.issue_ahead = rx.issue_ahead if self.lookup == "layer" else 0
+        self.fetch_layer = rx.fetch == "layer"
         self.parts = make_partitions(r, sc.cache, E, sc.next_use, sc.access_keys)
         self.caps = sc.cache.capacity
         self.part_of = sc.cache.part_of_layer
@@ -177,6 +183,9 @@ class AccessPlanner:
             c.layer_misses[m] += len(exps)
             cpu = list(zip(exps, toks))
             self._cpu_batch(m, cpu)
+            return ops, cpu, self._plan_prefetch(m) if self.prefetcher is not None else _NOTHING
+        if self.fetch_layer:
+            ops = self._fetch_layer(m, exps, toks)
             return ops, cpu, self._plan_prefetch(m) if self.prefetcher is not None else _NOTHING
         p, part, cap, base, find, to_evict, evict, insert, free = self._layer_ctx[m]
         if self._on_routing:
@@ -303,9 +312,43 @@ class AccessPlanner:
             c.bytes_h2d += copies * nbytes
         elif pending:
             self._hebf_rounds(ops, m, list(pending.values()))
+        if self.issue_ahead and copies:
+            ops = self._hoist_loads(ops)
         if cpu:
             self._cpu_batch(m, cpu)
         return ops, cpu, self._plan_prefetch(m) if self.prefetcher is not None else _NOTHING
+
+    def _fetch_layer(self, m: int, exps, toks) -> list[tuple]:
+        """Every expert of the layer copied into its staging buffer before the layer's experts run, each time
+        the layer runs (a module's parameters gathered before its forward: ZeRO-3, accelerate offload)."""
+        c = self.c
+        E, first, nbytes = self.E, self.staging_first, self.expert_bytes
+        ops: list[tuple] = [(FETCH, first + e, m, e, nbytes, True, 0, 0) for e in range(E)]
+        ops += [(RUN, first + e, m, e, nt, 0) for e, nt in zip(exps, toks)]
+        c.accesses += len(exps)
+        c.misses += len(exps)
+        c.layer_misses[m] += len(exps)
+        c.copies += E
+        c.bytes_h2d += E * nbytes
+        return ops
+
+    def _hoist_loads(self, ops: list[tuple]) -> list[tuple]:
+        """A loader that issues the copies of up to `issue_ahead` misses before the layer's first expert runs
+        (Mixtral-offloading's window): those LOADs become a FETCH at the front and a RUN in place. A miss whose
+        buffer an earlier kernel of this layer still reads keeps its place (the copy would overwrite it)."""
+        read = set()
+        ahead: list[tuple] = []
+        out: list[tuple] = []
+        for op in ops:
+            if op[0] == LOAD and len(ahead) < self.issue_ahead and op[1] not in read:
+                _, buf, m, e, nt, wb, nbytes = op
+                ahead.append((FETCH, buf, m, e, nbytes, True, 0, 0))
+                out.append((RUN, buf, m, e, nt, wb))
+            else:
+                out.append(op)
+            if op[0] in (RUN, LOAD):
+                read.add(op[1])
+        return ahead + out
 
     def _cpu_batch(self, m: int, cpu: list[tuple[int, int]]) -> None:
         """Count a layer's CPU experts: the layer's activations go to the host and the result comes back."""

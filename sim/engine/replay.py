@@ -22,10 +22,11 @@ from simmoe.engine.results import Result, RunRecord, StepLog
 from simmoe.engine.scenario import Scenario, prepare
 from simmoe.engine.schedule import Idle, Step, online_schedule
 from simmoe.engine.simpy_timeline import SimpyTimeline
-from simmoe.engine.step_timing import StepTiming
+from simmoe.engine.step_timing import StepTiming, host_costs
 from simmoe.engine.timeline import ChunkedTimeline, Timeline
 from simmoe.hw.profile import HwProfile, load_profile
 from simmoe.policies.base import PolicySet
+from simmoe.runtime.profile import RuntimeProfile, load_runtime
 from simmoe.trace.format import Trace, read_trace
 
 
@@ -34,15 +35,17 @@ class Replay:
     plays it, so running the same Replay twice gives identical results."""
 
     def __init__(self, trace: Trace, hw: HwProfile, policies: PolicySet | None = None,
-                 config: ReplayConfig | None = None, hw_name: str | None = None) -> None:
+                 config: ReplayConfig | None = None, hw_name: str | None = None,
+                 runtime: RuntimeProfile | None = None) -> None:
         self.trace = trace
         self.hw = hw
         self.hw_name = hw_name or hw.name
         self.cfg = config or ReplayConfig()
         self.pset = policies or PolicySet()
+        self.runtime = runtime  # None: the named system's runtime, else `generic`
 
     def prepare(self) -> Scenario:
-        return prepare(self.trace, self.hw, self.pset, self.cfg, self.hw_name)
+        return prepare(self.trace, self.hw, self.pset, self.cfg, self.hw_name, self.runtime)
 
     def run(self, progress: bool = False) -> Result:
         wall0 = time.perf_counter()
@@ -57,17 +60,18 @@ def play(sc: Scenario, progress: bool = False, wall0: float | None = None) -> Re
     hw, cfg = sc.hw, sc.cfg
     env = simpy.Environment()
     chunked = chunk_mb is not None  # preemptible prefetches need the chunked engine
+    host = host_costs(sc)
     if cfg.engine == "simpy":
-        tl = SimpyTimeline(env, hw.host, hw.pcie.copy_engines, record=cfg.timeline_steps is not None,
-                           chunked=chunked)
+        tl = SimpyTimeline(env, host, hw.pcie.copy_engines, record=cfg.timeline_steps is not None, chunked=chunked)
     else:
-        tl = (ChunkedTimeline if chunked else Timeline)(hw.host, hw.pcie.copy_engines)
-    timing = (FastStepTiming if cfg.engine == "fast" else StepTiming)(sc, tl, planner.num_buffers, chunk_mb)
+        tl = (ChunkedTimeline if chunked else Timeline)(host, hw.pcie.copy_engines)
+    timing = (FastStepTiming if cfg.engine == "fast" else StepTiming)(sc, tl, planner, chunk_mb)
     log = StepLog()
     env.process(_driver(env, sc, planner, timing, log, progress))
     env.run()
-    rec = RunRecord(trace=sc.trace.source, model=sc.spec.name, hw=sc.hw_name, policy=sc.policies.pset.describe(),
-                    cfg=cfg, chunk_mb=chunk_mb, ri=sc.ri, arrival_us=sc.arrival_us, online=sc.online,
+    rec = RunRecord(trace=sc.trace.source, model=sc.spec.name, hw=sc.hw_name, runtime=sc.runtime.name,
+                    policy=sc.policies.pset.describe(), cfg=cfg, host_memory=sc.host_memory,
+                    copy_stream=sc.copy_stream, chunk_mb=chunk_mb, ri=sc.ri, arrival_us=sc.arrival_us, online=sc.online,
                     routing_fidelity=sc.routing_fidelity, activations=int((sc.trace.experts >= 0).sum()),
                     memory=sc.memory, counts=planner.c, log=log, events=list(getattr(tl, "events", [])))
     return Result.build(rec, wall_s=time.perf_counter() - wall0)
@@ -129,15 +133,18 @@ def steps_of(env: simpy.Environment, sc: Scenario):
 
 
 def replay(trace: Trace | str | Path, hw: HwProfile | str | Path, policy: str | PolicySet = "lru",
-           options: dict | None = None, **config) -> Result:
-    """Notebook entry point: `replay("traces/x.npz", "rtx3090", "lru", {"slots_per_layer": 4}, batch=1)`."""
+           options: dict | None = None, runtime: RuntimeProfile | str | Path | None = None, **config) -> Result:
+    """Notebook entry point: `replay("traces/x.npz", "rtx3090", "lru", {"slots_per_layer": 4}, batch=1)`;
+    `runtime=` a bundled runtime name, a YAML path or a RuntimeProfile."""
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
     hw_name = None
     if not isinstance(hw, HwProfile):
         hw_name = str(hw)
         hw = load_profile(hw)
+    if runtime is not None and not isinstance(runtime, RuntimeProfile):
+        runtime = load_runtime(runtime)
     pset = policy if isinstance(policy, PolicySet) else PolicySet(cache=policy, cache_options=options or {})
-    return Replay(tr, hw, pset, ReplayConfig(**config), hw_name=hw_name).run()
+    return Replay(tr, hw, pset, ReplayConfig(**config), hw_name=hw_name, runtime=runtime).run()
 
 
 __all__ = ["Replay", "Step", "play", "replay"]

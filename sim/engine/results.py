@@ -88,8 +88,11 @@ class RunRecord:
     trace: str  # the trace's source
     model: str
     hw: str
+    runtime: str
     policy: str
     cfg: ReplayConfig
+    host_memory: str  # as run: the replay setting, else the runtime's
+    copy_stream: str
     chunk_mb: float | None  # prefetch copies as preemptible chunks of this many MiB (None: FIFO)
     ri: RowIndex
     arrival_us: np.ndarray
@@ -181,11 +184,12 @@ class Result:
             "trace": rec.trace,
             "model": rec.model,
             "hw": rec.hw,
+            "runtime": rec.runtime,
             "policy": rec.policy,
             "engine": cfg.engine,
             "batch": cfg.batch,
-            "host_memory": cfg.host_memory,
-            "copy_stream": cfg.copy_stream,
+            "host_memory": rec.host_memory,
+            "copy_stream": rec.copy_stream,
             "prefetch_chunk_mb": rec.chunk_mb,  # None: prefetch copies are FIFO, not preemptible
             "requests": int(len(rec.ri.ids)),
             "tokens": int(df["tokens"].sum()),
@@ -238,8 +242,8 @@ class Result:
 
         lines = [
             f"simmoe replay  {s['trace']}",
-            f"  model {s['model']}   hw {s['hw']}   policy {s['policy']}   batch {s['batch']}   "
-            f"engine {s['engine']}",
+            f"  model {s['model']}   hw {s['hw']}   runtime {s['runtime']}   policy {s['policy']}   "
+            f"batch {s['batch']}   engine {s['engine']}",
             "",
             f"  requests {s['requests']:,}   tokens {s['tokens']:,} (prefill {s['prefill_tokens']:,}, "
             f"decode {s['decode_tokens']:,})   steps {s['steps']:,}",

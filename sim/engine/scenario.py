@@ -27,6 +27,7 @@ from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile
 from simmoe.models.spec import ModelSpec
 from simmoe.policies.base import PolicySet, PrecisionPolicy, RoutingPolicy
+from simmoe.runtime.profile import RuntimeProfile, load_runtime
 from simmoe.trace.format import Trace
 
 NEVER = np.iinfo(np.int64).max
@@ -59,7 +60,10 @@ class Scenario:
     spec: ModelSpec  # with the precision policy applied
     hw: HwProfile
     hw_name: str
+    runtime: RuntimeProfile
     cfg: ReplayConfig
+    host_memory: str  # "pinned" | "pageable": the replay setting, else the runtime's
+    copy_stream: str  # "separate" | "compute": the replay setting, else the runtime's
     policies: Resolved
     router: RoutingPolicy | None  # the routing policy instance after rerouting (caches may follow it)
     routing_fidelity: float
@@ -102,11 +106,14 @@ def _frozen(a: np.ndarray | None) -> np.ndarray | None:
 
 
 def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: ReplayConfig | None = None,
-            hw_name: str | None = None) -> Scenario:
-    """Everything a run of `pset` on `trace` and `hw` under `cfg` needs before the first step. Raises
-    InputError for a configuration that cannot run (does not fit, incompatible policies)."""
+            hw_name: str | None = None, runtime: RuntimeProfile | None = None) -> Scenario:
+    """Everything a run of `pset` on `trace` and `hw` under `cfg` with `runtime` (default: the system's
+    runtime, else `generic`) needs before the first step. Raises InputError for a configuration that cannot
+    run (does not fit, incompatible policies)."""
     cfg = cfg or ReplayConfig()
     r = resolve(pset or PolicySet())
+    if runtime is None:
+        runtime = load_runtime(r.runtime)
     hw_name = hw_name or hw.name
     tr = trace
     if cfg.max_requests is not None:
@@ -119,15 +126,19 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
         router = r.routing_cls(r.routing_opts)
         experts, fidelity = router.reroute(tr.experts, tr.gates)
         tr = dataclasses.replace(tr, experts=experts, predicted=None)
-    spec = tr.spec
+    spec = with_weights(tr.spec, runtime)
     dequant = 0.0
     nested = None
     if r.precision_cls is not None:
+        if runtime.weights.experts is not None:
+            raise InputError("--precision", None, f"the runtime {runtime.name} stores experts as "
+                             f"{runtime.weights.experts}: a precision policy cannot set them too")
         prec = r.precision_cls(r.precision_opts)
         spec = prec.apply(spec)
         dequant = prec.dequant_flops_per_param()
         nested = _nested_bits(prec, tr, r)
     _check_combinations(r, nested)
+    L, E = tr.num_layers, spec.num_experts
     ri = RowIndex(tr.request, tr.phase)
     online = cfg.arrivals != "closed"
     arrival_us = arrival_times_s(cfg.arrivals, ri.ids, tr, cfg.rate, cfg.cv, cfg.seed) * 1e6
@@ -142,11 +153,17 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
     else:
         steps = tuple(static_schedule(ri, cfg.batch, cfg.prefill_chunk, cfg.max_batched_tokens))
         max_step_tokens = max(len(s.rows) for s in steps)
-    L, E = tr.num_layers, spec.num_experts
     has_null = bool((tr.experts < 0).any())
     max_rows = int((ri.stops - ri.starts).max())
-    costs = CostModel(spec, hw, pinned=cfg.host_memory == "pinned", dequant_flops_per_param=dequant)
+    host_memory = cfg.host_memory or runtime.experts.host_memory
+    copy_stream = cfg.copy_stream or runtime.experts.copy_stream
+    costs = CostModel(spec, hw, runtime, pinned=host_memory == "pinned", dequant_flops_per_param=dequant)
     staging = cfg.staging_buffers if needs_staging(r) else 0
+    if runtime.experts.fetch == "layer":  # every expert of a layer is copied in each time the layer runs
+        if r.cache_cls.fixed_capacity != "none":
+            raise InputError("--runtime", None, f"{runtime.name} copies every expert of a layer each time it "
+                             f"runs and keeps none (experts.fetch: layer): use --policy ondemand")
+        staging = max(staging, E)
     memory = fixed_plan(spec, hw, batch=cfg.batch, max_request_rows=max_rows, max_step_tokens=max_step_tokens,
                         staging_buffers=staging, hw_name=hw_name)
     cpu_layers = r.placement_cls(r.placement_opts).cpu_layers(L) if r.placement_cls else frozenset()
@@ -161,11 +178,23 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
     moe_of = [-1] * spec.num_layers
     for m, li in enumerate(spec.moe_layers):
         moe_of[li] = m
-    return Scenario(trace=tr, spec=spec, hw=hw, hw_name=hw_name, cfg=cfg, policies=r, router=router,
+    return Scenario(trace=tr, spec=spec, hw=hw, hw_name=hw_name, runtime=runtime, cfg=cfg,
+                    host_memory=host_memory, copy_stream=copy_stream, policies=r, router=router,
                     routing_fidelity=fidelity, nested=nested, ri=ri, online=online,
                     arrival_us=_frozen(arrival_us), steps=steps, costs=costs, memory=memory, cache=sizing,
                     cpu_layers=frozenset(cpu_layers), moe_of=tuple(moe_of), has_null=has_null,
                     step_experts=step_ex, access_keys=_frozen(keys), next_use=_frozen(next_use))
+
+
+def with_weights(spec: ModelSpec, runtime: RuntimeProfile) -> ModelSpec:
+    """The model as the runtime stores it: its weight formats' bits per weight (None: the model's own)."""
+    dense, experts = runtime.format("dense"), runtime.format("experts")
+    kw = {}
+    if dense is not None:
+        kw["dense_bits"] = dense.bits
+    if experts is not None:
+        kw["expert_bits"] = experts.bits
+    return dataclasses.replace(spec, **kw) if kw else spec
 
 
 def _nested_bits(prec: PrecisionPolicy, tr: Trace, r: Resolved) -> NestedBits | None:

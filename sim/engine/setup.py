@@ -37,6 +37,7 @@ class Resolved:
     precision_opts: Any = None
     routing_cls: type[RoutingPolicy] | None = None
     routing_opts: Any = None
+    runtime: str | None = None  # the runtime a named system runs on
 
     @property
     def reads_future(self) -> bool:
@@ -49,7 +50,9 @@ class Resolved:
 def resolve(pset: PolicySet) -> Resolved:
     """Look policies up by name (expanding named systems) and validate their options."""
     cls = get_policy(pset.cache, "cache", source="--policy")
+    runtime = None
     if issubclass(cls, SystemPolicy):
+        runtime = cls.runtime
         sys_opts = parse_options(cls.Options, pset.cache_options, cls.name)
         inner = cls.expand(sys_opts)
         # explicit --prefetch / --placement on the command line override the system's own choice
@@ -67,7 +70,7 @@ def resolve(pset: PolicySet) -> Resolved:
         c = get_policy(name, kind, source=f"--{kind}") if name else None
         found[kind] = (c, parse_options(c.Options, getattr(pset, f"{kind}_options"), c.name) if c else None)
     return Resolved(pset, cls, cache_opts, *found["prefetch"], *found["placement"], *found["precision"],
-                    *found["routing"])
+                    *found["routing"], runtime=runtime)
 
 
 def needs_staging(r: Resolved) -> bool:

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from simmoe.engine.timeline import CPU, D2H, GPU, H2D, Counters, Event
-from simmoe.hw.profile import HostSpec
+from simmoe.engine.timeline import CPU, D2H, GPU, H2D, Counters, Event, HostCosts
 
 
 class Op:
@@ -77,7 +76,7 @@ def _deps(after) -> list[Op]:
 @dataclass
 class SimpyTimeline:
     env: simpy.Environment
-    host: HostSpec
+    host: HostCosts
     copy_engines: int = 2
     record: bool = False
     chunked: bool = False  # preemptible prefetch copies: the H2D engine is a dispatcher process
@@ -122,7 +121,7 @@ class SimpyTimeline:
                 wait: str = "copy") -> Op:
         op = None
         for i in range(n):
-            op = Op("kernel", (GPU,), each_us, after if i == 0 else None, self.host.launch_overhead_us,
+            op = Op("kernel", (GPU,), each_us, after if i == 0 else None, self.host.launch_us,
                     name=name, cat=cat, track=GPU)
             self._program.append(op)
         self._last_gpu = op

@@ -1,12 +1,17 @@
 """Timing of a step: the dense work of every layer, and the planner's actions turned into copies and kernels
-on a stream timeline (the recurrence, or SimPy as the reference).
+on a stream timeline (the recurrence, or SimPy as the reference), as the runtime profile runs them.
 
-Per transformer layer: the attention kernels; for a MoE layer the router, the shared experts, a synchronising
-read of the routing to the host (what eager offloading implementations do), the layer's expert actions in
-the planner's order, the CPU experts (activations to the host, the experts, the result back), the combine,
-then the prefetch copies the planner proposed. Each GPU buffer remembers the copy that filled it (`ready`)
-and the kernels that last read it (`last`): a kernel waits for its buffer's copy, and a copy that overwrites
-a buffer waits until the kernels reading the previous contents are done.
+Per step: the runtime's host work (a captured CUDA graph's launch, its bookkeeping), the embedding kernels.
+Per transformer layer: the attention kernels; for a MoE layer the router, the shared experts, the
+synchronising reads of the routing to the host, the layer's host bookkeeping, the layer's expert actions in
+the planner's order (per expert: its syncs and host work, then its copy if it is loaded now, then its
+kernels; a fused MoE runtime launches one kernel group for all of them), the CPU experts (activations to the
+host, the experts, the result back), the combine, then the prefetch copies the planner proposed. Per step
+again: lm_head and sampling, the read-backs of the sampled token.
+
+Each GPU buffer remembers the copy that filled it (`ready`) and the kernels that last read it (`last`): a
+kernel waits for its buffer's copy, and a copy that overwrites a buffer waits until the kernels reading the
+previous contents are done (and, with a write-back runtime, until the evicted expert is copied back out).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from simmoe.engine.planner import FETCH, LOAD, RUN, AccessPlanner
 from simmoe.engine.scenario import Scenario
 from simmoe.engine.schedule import DECODE, Step
-from simmoe.engine.timeline import D2H, H2D
+from simmoe.engine.timeline import D2H, H2D, HostCosts
 
 
 @dataclass(frozen=True)
@@ -35,19 +40,34 @@ class DenseCosts:
     extra_each: float
 
 
+def host_costs(sc: Scenario) -> HostCosts:
+    """The host's costs for this runtime on this machine (the launch cost of steps outside graphs)."""
+    h = sc.hw.host
+    launch = h.launch_overhead_us if sc.runtime.host.launch == "eager" else h.native_launch_us
+    return HostCosts(launch_us=launch, copy_issue_us=h.copy_issue_us, sync_us=h.sync_us)
+
+
 class StepTiming:
-    def __init__(self, sc: Scenario, tl, num_buffers: int, chunk_mb: float | None) -> None:
+    def __init__(self, sc: Scenario, tl, planner: AccessPlanner, chunk_mb: float | None) -> None:
         self.sc = sc
         self.tl = tl
-        self.ready: list = [None] * num_buffers  # handle of the copy that filled each buffer
-        self.last: list = [None] * num_buffers  # handle of the last kernels that read it (None: none since)
+        n = planner.num_buffers
+        self.ready: list = [None] * n  # handle of the copy that filled each buffer
+        self.last: list = [None] * n  # handle of the last kernels that read it (None: none since)
+        # cache slots holding an expert (a write-back runtime copies it out before the slot is refilled)
+        self.held = [False] * n
+        for _, buf in planner.preloaded:
+            self.held[buf] = True
+        self.cache_buffers = planner.staging_first  # buffers below this are cache slots, the rest staging
         self.chunk_mb = chunk_mb
         self._copy_us: dict[int, float] = {}
         self._gpu_each: dict[tuple[int, int], float] = {}
         self._dense: dict[tuple[int, int, int], DenseCosts] = {}  # (tokens, context tokens, sampled rows)
-        cfg = sc.cfg
-        self.on_compute = cfg.copy_stream == "compute"
-        self.blocking = cfg.host_memory == "pageable"
+        self.on_compute = sc.copy_stream == "compute"
+        self.blocking = sc.host_memory == "pageable"
+        rt = sc.runtime
+        self.rh, self.rk, self.rx = rt.host, rt.kernels, rt.experts
+        self.launch_us = tl.host.launch_us  # outside captured graphs
 
     def copy_us(self, nbytes: int) -> float:
         x = self._copy_us.get(nbytes)
@@ -61,7 +81,7 @@ class StepTiming:
         if x is None:
             costs = self.sc.costs
             us = costs.expert_gpu_us(nt) if not wb else costs.expert_gpu_us_at(nt, wb)
-            x = self._gpu_each[(nt, wb)] = us / self.sc.hw.host.kernels_per_expert
+            x = self._gpu_each[(nt, wb)] = us / max(self.rk.per_expert, 1)
         return x
 
     def dense_costs(self, step: Step) -> DenseCosts:
@@ -71,9 +91,8 @@ class StepTiming:
         sampled = len(step.requests) if step.kind == DECODE else 1
         d = self._dense.get((tokens, ctx_tokens, sampled))
         if d is None:
-            costs, host = sc.costs, sc.hw.host
-            ka, kr, kd = host.kernels_per_attention, host.kernels_per_router, host.kernels_per_dense_ffn
-            ks = host.kernels_per_step
+            costs, k = sc.costs, self.rk
+            ka, kr, kd, ks = k.per_attention, k.per_router, k.per_dense_ffn, k.per_step
             d = self._dense[(tokens, ctx_tokens, sampled)] = DenseCosts(
                 ka, kr, kd, ks,
                 attn_each=costs.attention_us(tokens, ctx_tokens) / max(ka, 1),
@@ -83,79 +102,147 @@ class StepTiming:
                 extra_each=costs.step_extra_us(sampled) / max(ks, 1))
         return d
 
+    def graphed(self, step: Step) -> bool:
+        """Whether the step replays captured CUDA graphs (no per-kernel launch cost on the host)."""
+        return len(step.rows) <= self.rh.graphs_max_tokens
+
     def play(self, step: Step, i: int, planner: AccessPlanner) -> None:
         """Issue step i's work on the timeline (the planner decides each layer's expert actions)."""
         sc, tl = self.sc, self.tl
-        hw, spec = sc.hw, sc.spec
+        hw, spec, rh = sc.hw, sc.spec, self.rh
         rec = tl.record
         planner.begin_step(step, i)
         d = self.dense_costs(step)
         ka, kr, kd, ks = d.ka, d.kr, d.kd, d.ks
-        attn_each, router_each, shared_each, dense_each, extra_each = (d.attn_each, d.router_each, d.shared_each,
-                                                                       d.dense_each, d.extra_each)
-        moe_of = sc.moe_of
+        graphed = self.graphed(step)
+        tl.host.launch_us = 0.0 if graphed else self.launch_us
+        if graphed:
+            tl.host_work(hw.host.graph_launch_us, name="launch the step's CUDA graph")
+        if rh.per_step_us:
+            tl.host_work(rh.per_step_us, name="step bookkeeping")
         if ks:
-            tl.kernels(ks // 2 or 1, extra_each, name="embed")
+            tl.kernels(ks // 2 or 1, d.extra_each, name="embed")
         for li in range(spec.num_layers):
             if ka:
-                tl.kernels(ka, attn_each, name=f"L{li} attention" if rec else "")
-            m = moe_of[li]
+                tl.kernels(ka, d.attn_each, name=f"L{li} attention" if rec else "")
+            m = sc.moe_of[li]
             if m < 0:
-                tl.kernels(kd, dense_each, name=f"L{li} ffn" if rec else "")
+                tl.kernels(kd, d.dense_each, name=f"L{li} ffn" if rec else "")
                 continue
-            r_end = tl.kernels(kr, router_each, name=f"L{li} router" if rec else "")
-            if shared_each:
-                tl.kernels(kd, shared_each, name=f"L{li} shared experts" if rec else "")
-            tl.sync(r_end, name=f"L{li} routing to host" if rec else "")
+            r_end = tl.kernels(kr, d.router_each, name=f"L{li} router" if rec else "")
+            if d.shared_each:
+                tl.kernels(kd, d.shared_each, name=f"L{li} shared experts" if rec else "")
+            for _ in range(rh.syncs_per_moe_layer):
+                tl.sync(r_end, name=f"L{li} routing to host" if rec else "")
+            if rh.per_moe_layer_us:
+                tl.host_work(rh.per_moe_layer_us, name=f"L{li} routing bookkeeping" if rec else "")
             ops, cpu, pre = planner.plan_layer(m)
-            self.issue(ops, li)
+            if self.rk.fused:
+                self.issue_fused(ops, li)
+            else:
+                self.issue(ops, li)
             cpu_done = self._cpu_experts(cpu, r_end, li) if cpu else None
             tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine" if rec else "", wait="cpu")
             if pre:
                 self._prefetch(pre)
         if ks:
-            tl.kernels(ks - (ks // 2 or 1) or 1, extra_each, name="lm_head+sample")
-        tl.sync(name="token to host")
+            tl.kernels(ks - (ks // 2 or 1) or 1, d.extra_each, name="lm_head+sample")
+        for _ in range(max(rh.syncs_per_step, 1)):  # the step ends when its token is on the host
+            tl.sync(name="token to host")
+
+    def _before_expert(self, li: int, e: int) -> None:
+        """An eager loop's per-expert host work: its synchronising read-backs, then its bookkeeping."""
+        tl, rh = self.tl, self.rh
+        rec = tl.record
+        for _ in range(rh.syncs_per_expert):
+            tl.sync(name=f"L{li} e{e} index read-back" if rec else "")
+        if rh.per_expert_us:
+            tl.host_work(rh.per_expert_us, name=f"L{li} e{e} bookkeeping" if rec else "")
+
+    def _load(self, buf: int, nbytes: int, overwrite: bool, name: str):
+        """Copy `nbytes` into `buf` (a write-back first when the runtime copies the evicted expert out); the
+        copy unit may split it. Returns the handle of the last copy."""
+        tl, rh = self.tl, self.rh
+        free = None
+        if overwrite:
+            free = self.last[buf]
+            if free is None:
+                free = self.ready[buf]
+            self.last[buf] = None
+            if self.rx.writeback and self.held[buf] and buf < self.cache_buffers:
+                free = tl.copy(self.sc.costs.d2h_us(nbytes), D2H, after=free, on_compute=self.on_compute,
+                               blocking=self.blocking, name=f"{name} write back" if tl.record else "")
+            self.held[buf] = True
+        n = self.rx.copies_per_expert
+        us = self.copy_us(nbytes) if n == 1 else self.copy_us(nbytes // n)
+        for _ in range(n):
+            done = tl.copy(us, H2D, after=free, on_compute=self.on_compute, blocking=self.blocking, name=name)
+            if rh.per_copy_us:
+                tl.host_work(rh.per_copy_us, name=f"{name} copy bookkeeping" if tl.record else "")
+        self.ready[buf] = done
+        return done
 
     def issue(self, ops: list[tuple], li: int) -> None:
         """A layer's expert actions, in order."""
         tl = self.tl
         rec = tl.record
         ready, last = self.ready, self.last
-        kpe = self.sc.hw.host.kernels_per_expert
+        kpe = self.rk.per_expert
         gpu_each = self._gpu_each
-        on_compute, blocking = self.on_compute, self.blocking
+        per_expert = self.rh.syncs_per_expert or self.rh.per_expert_us
         for op in ops:
             kind = op[0]
             if kind == RUN:
                 _, buf, _m, e, nt, wb = op
-                each = gpu_each.get((nt, wb))
-                if each is None:
-                    each = self._each(nt, wb)
-                last[buf] = tl.kernels(kpe, each, after=ready[buf], name=f"L{li} e{e}" if rec else "", cat="expert")
+                if per_expert:
+                    self._before_expert(li, e)
+                dep = ready[buf]
             elif kind == LOAD:
                 _, buf, _m, e, nt, wb, nbytes = op
-                free = last[buf]
-                if free is None:
-                    free = ready[buf]
-                dep = ready[buf] = tl.copy(self.copy_us(nbytes), H2D, after=free, on_compute=on_compute,
-                                           blocking=blocking, name=f"L{li} e{e}" if rec else "")
-                each = gpu_each.get((nt, wb))
-                if each is None:
-                    each = self._each(nt, wb)
-                last[buf] = tl.kernels(kpe, each, after=dep, name=f"L{li} e{e}" if rec else "", cat="expert")
+                if per_expert:
+                    self._before_expert(li, e)
+                dep = self._load(buf, nbytes, True, f"L{li} e{e}" if rec else "")
             elif kind == FETCH:
                 _, buf, _m, e, nbytes, overwrite, have, need = op
-                free = None
-                if overwrite:
-                    free = last[buf]
-                    if free is None:
-                        free = ready[buf]
-                    last[buf] = None
-                ready[buf] = tl.copy(self.copy_us(nbytes), H2D, after=free, on_compute=on_compute,
-                                     blocking=blocking, name=f"L{li} e{e} bits {have}->{need}" if rec else "")
+                name = (f"L{li} e{e} bits {have}->{need}" if need else f"L{li} e{e}") if rec else ""
+                self._load(buf, nbytes, overwrite, name)
+                continue
             else:
                 raise ValueError(f"unknown action {op!r}")  # prefetches come apart, after the combine
+            each = gpu_each.get((nt, wb))
+            if each is None:
+                each = self._each(nt, wb)
+            last[buf] = tl.kernels(kpe, each, after=dep, name=f"L{li} e{e}" if rec else "", cat="expert")
+
+    def issue_fused(self, ops: list[tuple], li: int) -> None:
+        """A fused MoE kernel (llama.cpp MUL_MAT_ID, vLLM fused_moe): the layer's copies, then one group of
+        `kernels.per_moe_layer` launches computing every GPU expert of the layer once its weights are in."""
+        tl = self.tl
+        rec = tl.record
+        deps, bufs, busy = [], [], 0.0
+        costs = self.sc.costs
+        for op in ops:
+            kind = op[0]
+            if kind == FETCH:
+                _, buf, _m, e, nbytes, overwrite, _have, _need = op
+                self._load(buf, nbytes, overwrite, f"L{li} e{e}" if rec else "")
+                continue
+            buf, e, nt, wb = op[1], op[3], op[4], op[5]
+            if kind == LOAD:
+                deps.append(self._load(buf, op[6], True, f"L{li} e{e}" if rec else ""))
+            elif kind == RUN:
+                deps.append(self.ready[buf])
+            else:
+                raise ValueError(f"unknown action {op!r}")
+            bufs.append(buf)
+            busy += costs.expert_gpu_us(nt) if not wb else costs.expert_gpu_us_at(nt, wb)
+        if not bufs:
+            return
+        n = self.rk.per_moe_layer
+        each = max(busy / n, self.sc.hw.gpu.kernel_min_us)
+        end = tl.kernels(n, each, after=tl.join(*deps), name=f"L{li} fused experts" if rec else "", cat="expert")
+        for buf in bufs:
+            self.last[buf] = end
 
     def _prefetch(self, pre: list[tuple]) -> None:
         tl = self.tl
@@ -164,14 +251,28 @@ class StepTiming:
         chunk_mb = self.chunk_mb
         for op in pre:
             _, buf, layer, e, nbytes = op
-            free = last[buf]
-            if free is None:
-                free = ready[buf]
-            last[buf] = None
             name = f"prefetch L{layer} e{e}" if rec else ""
-            if chunk_mb is None:
+            if chunk_mb is None and not self.rx.writeback and self.rx.copies_per_expert == 1 \
+                    and not self.rh.per_copy_us:
+                free = last[buf]
+                if free is None:
+                    free = ready[buf]
+                last[buf] = None
+                self.held[buf] = True
                 ready[buf] = tl.copy(self.copy_us(nbytes), H2D, after=free, name=name)
+            elif chunk_mb is None:  # the runtime's own copy path (unit, write-back, bookkeeping) on the copy stream
+                on_compute, blocking = self.on_compute, self.blocking
+                self.on_compute = self.blocking = False
+                try:
+                    self._load(buf, nbytes, True, name)
+                finally:
+                    self.on_compute, self.blocking = on_compute, blocking
             else:  # ProMoE: chunks a demand copy can overtake; each chunk pays the PCIe latency
+                free = last[buf]
+                if free is None:
+                    free = ready[buf]
+                last[buf] = None
+                self.held[buf] = True
                 n = max(math.ceil(nbytes / (chunk_mb * 2**20)), 1)
                 us = n * self.sc.costs.h2d_us(nbytes / n)
                 ready[buf] = tl.copy(us, H2D, after=free, name=name, preemptible=True, chunks=n)

@@ -22,9 +22,17 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from simmoe.hw.profile import HostSpec
-
 GPU, H2D, D2H, CPU = "gpu", "h2d", "d2h", "cpu"
+
+
+@dataclass
+class HostCosts:
+    """What the host thread pays: per kernel launch (an eager op, a native launch, or nothing inside a
+    captured CUDA graph: the step timing sets it per step), per copy issued, per synchronising read-back."""
+
+    launch_us: float
+    copy_issue_us: float
+    sync_us: float
 
 
 @dataclass
@@ -58,7 +66,7 @@ class Counters:
 
 @dataclass
 class Timeline:
-    host: HostSpec
+    host: HostCosts
     copy_engines: int = 2
     record: bool = False
     h: float = 0.0  # host clock
@@ -106,7 +114,7 @@ class Timeline:
     def kernels(self, n: int, each_us: float, after: float | None = None, name: str = "kernel",
                 cat: str = "compute", wait: str = "copy") -> float:
         """Launch n equal kernels on the compute stream; the first waits for `after`. Returns the end."""
-        L = self.host.launch_overhead_us
+        L = self.host.launch_us
         c = self.c  # the hottest function of a replay: locals over attribute chains
         h0 = self.h
         prev = self.gpu_free

@@ -66,17 +66,18 @@ class GpuSpec(_Strict):
 
 
 class HostSpec(_Strict):
-    """The host thread of an eager framework: launching work costs host time."""
+    """The host thread that drives the GPU: what launching work costs it. How many launches a step makes is
+    the runtime's (sim/runtime/); these are the machine's costs per launch."""
 
-    launch_overhead_us: NonNeg = 8.0  # host time to launch one kernel
+    launch_overhead_us: NonNeg = 8.0  # host time of one eager PyTorch op launched from Python
+    # host time of one kernel launched from C++ (llama.cpp without graphs); estimate: a raw cuLaunchKernel takes
+    # ~1.3 us (meta-pytorch/tritonbench PR #1016), plus the framework's node dispatch
+    native_launch_us: NonNeg = 3.0
+    # host time to replay one captured CUDA graph (a whole step's kernels); estimate: cudaGraphLaunch costs a few
+    # microseconds whatever the graph holds (NVIDIA, "Getting Started with CUDA Graphs")
+    graph_launch_us: NonNeg = 10.0
     copy_issue_us: NonNeg = 6.0  # host time to issue one async copy
     sync_us: NonNeg = 15.0  # host time for a synchronising read-back (.cpu(), .item())
-    # Kernels an eager implementation launches (framework facts; calibrate can measure the launch cost).
-    kernels_per_attention: int = Field(12, ge=0)
-    kernels_per_router: int = Field(4, ge=0)
-    kernels_per_expert: int = Field(6, ge=1)
-    kernels_per_dense_ffn: int = Field(4, ge=0)
-    kernels_per_step: int = Field(6, ge=0)  # embedding, final norm, lm_head, sampling
 
 
 class CopyTable(_Strict):

@@ -65,6 +65,10 @@ class ModelSpec:
     # Bits per expert parameter including quantisation metadata (group scales/zeros); 0 = from expert_dtype.
     # Set by precision policies (e.g. `quantized`): 2-bit weights with fp16 scale+zero per 16 = 4.0 bits.
     expert_bits: float = 0.0
+    # Bits per parameter of the layers' dense weights (attention, router, shared experts, dense FFNs) including
+    # quantisation metadata; 0 = from dtype. Set by a runtime's weight format (e.g. HQQ 4-bit attention).
+    # Embeddings and lm_head stay at dtype.
+    dense_bits: float = 0.0
     expert_bias: bool = False
     reference: str = ""  # where the shapes come from (config.json of the published checkpoint)
 
@@ -79,8 +83,10 @@ class ModelSpec:
                      "attn_params_override"):
             if getattr(self, name) < 0:
                 raise InputError(src, name, f"must be >= 0, got {getattr(self, name)}")
-        if not (isinstance(self.expert_bits, (int, float)) and 0 <= self.expert_bits <= 64):
-            raise InputError(src, "expert_bits", f"must be a number in [0, 64], got {self.expert_bits!r}")
+        for name in ("expert_bits", "dense_bits"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v <= 64):
+                raise InputError(src, name, f"must be a number in [0, 64], got {v!r}")
         if self.num_shared_experts and self.shared_d_ff <= 0:
             raise InputError(src, "shared_d_ff", "shared experts present but shared_d_ff is 0")
         if self.num_experts > EXPERT_ID_MAX + 1:
@@ -178,7 +184,10 @@ class ModelSpec:
         return self.dense_params + self.num_moe_layers * self.top_k * self.expert_params
 
     def dense_bytes(self) -> int:
-        return int(round(self.dense_params * BYTES_PER_PARAM[self.dtype]))
+        if not self.dense_bits:
+            return int(round(self.dense_params * BYTES_PER_PARAM[self.dtype]))
+        layers = self.dense_params - self.embedding_params
+        return int(round(layers * self.dense_bits / 8 + self.embedding_params * BYTES_PER_PARAM[self.dtype]))
 
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes per token over all layers."""

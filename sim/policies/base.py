@@ -333,9 +333,11 @@ def cache_size_options(options: Options, *extra: str) -> dict[str, Any]:
 
 
 class SystemPolicy(Policy):
-    """A named composition (e.g. a published system) that expands into a PolicySet."""
+    """A named composition (e.g. a published system) that expands into a PolicySet, and names the runtime
+    profile the system runs on (sim/runtime/bundled/) when it is one; `--runtime` overrides it."""
 
     kind: ClassVar[Kind] = "system"
+    runtime: ClassVar[str | None] = None
 
     @classmethod
     def expand(cls, options: Options) -> PolicySet:  # pragma: no cover - interface
