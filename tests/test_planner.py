@@ -119,20 +119,25 @@ def check_plan(trace, records, planner) -> None:
     E = planner.E
     holds: dict[int, int] = {k_b[1]: k_b[0] for k_b in planner.preloaded}
     sc = planner.sc
-    runs = loads = prefetches = 0
+    runs = loads = fetched_runs = fetches = prefetches = 0
     for i, m, ops, cpu, pre in records:
         step = sc.steps[i]
         routed = {int(e) for e in sc.trace.experts[step.rows, m].ravel() if e >= 0}
         served = [op[3] for op in ops if op[0] in (RUN, LOAD)] + [e for e, _ in cpu]
         assert sorted(served) == sorted(routed), (i, m)
+        fetched = set()
         for op in ops:
             kind, buf, layer, e = op[:4]
             if kind == LOAD or (kind != RUN and op[5]):  # a copy that overwrites the buffer
                 holds[buf] = layer * E + e
+            if kind not in (LOAD, RUN):
+                fetched.add(buf)
+                fetches += bool(op[5])
             if kind in (LOAD, RUN):
                 assert holds.get(buf) == layer * E + e, (i, m, op)
             runs += kind in (LOAD, RUN)
             loads += kind == LOAD
+            fetched_runs += kind == RUN and buf in fetched  # copied in this layer: a miss
         for _, buf, layer, e, _ in pre:
             holds[buf] = layer * E + e
             prefetches += 1
@@ -140,8 +145,8 @@ def check_plan(trace, records, planner) -> None:
     assert c.hits + c.misses == c.accesses
     assert c.prefetches == prefetches
     if sc.nested is None:
-        assert c.copies == loads + prefetches
-        assert c.hits == runs - loads
+        assert c.copies == loads + fetches + prefetches
+        assert c.hits == runs - loads - fetched_runs
     for part, cap in zip(planner.parts, planner.caps):
         assert len(part) <= cap
 

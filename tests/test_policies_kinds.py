@@ -40,6 +40,7 @@ def profile(trace, tmp_path_factory) -> str:
 def options_for(name: str, profile: str) -> dict:
     """Options a policy needs to be built at all (everything else at its defaults)."""
     return {"static-popular": {"profile": profile}, "monde": {"profile": profile},
+            "fiddler-mixtral": {"profile": profile},
             "stride": {"accuracy": 0.8}}.get(name, {})
 
 

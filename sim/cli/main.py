@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "simmoe.cli.replay_cmd",
     "simmoe.cli.trace_cmd",
     "simmoe.cli.hw_cmd",
+    "simmoe.cli.runtimes_cmd",
     "simmoe.cli.models_cmd",
     "simmoe.cli.policies_cmd",
     "simmoe.cli.bench_cmd",

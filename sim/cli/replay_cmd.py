@@ -16,6 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "summary. Each run starts with a cold cache.")
     p.add_argument("trace", help="simmoe-trace/1 .npz file")
     p.add_argument("--hw", required=True, help="hardware profile: a built-in name (see `simmoe hw list`) or a YAML path")
+    p.add_argument("--runtime", metavar="NAME_OR_PATH",
+                   help="runtime profile: the software that runs the model (see `simmoe runtimes`; default: the "
+                        "named system's runtime, else generic)")
+    p.add_argument("--runtime-opt", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="change one field of the runtime profile, e.g. experts.order=index (repeatable)")
     p.add_argument("--policy", default="lru", help="cache policy or named system (see `simmoe policies`); "
                                                    "module:Class for your own, or a policy YAML file (default: lru)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="option of --policy (repeatable)")
@@ -33,10 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--routing-opt", action="append", metavar="KEY=VALUE")
     p.add_argument("--batch", type=int, default=1, help="concurrent requests in the decode batch (default 1)")
     p.add_argument("--prefill-chunk", type=int, help="prefill rows per step (default: whole prompt)")
-    p.add_argument("--host-memory", choices=("pinned", "pageable"), default="pinned",
-                   help="host memory holding offloaded experts (default pinned)")
-    p.add_argument("--copy-stream", choices=("separate", "compute"), default="separate",
-                   help="issue expert copies on a separate copy stream or on the compute stream")
+    p.add_argument("--host-memory", choices=("pinned", "pageable"),
+                   help="host memory holding offloaded experts (default: the runtime's)")
+    p.add_argument("--copy-stream", choices=("separate", "compute"),
+                   help="issue expert copies on a separate copy stream or on the compute stream (default: the "
+                        "runtime's)")
     p.add_argument("--engine", choices=("fast", "simpy"), default="fast",
                    help="fast recurrence (default) or one SimPy event per kernel (slow reference)")
     p.add_argument("--max-requests", type=int, help="replay only the first N requests")
@@ -91,6 +97,17 @@ def policy_set_from_args(args: argparse.Namespace):
     return policy_set(cli)
 
 
+def runtime_from_args(args: argparse.Namespace, pset):
+    """--runtime NAME|PATH with --runtime-opt overrides; None: the system's runtime, else generic."""
+    overrides = parse_kv(args.runtime_opt, "--runtime-opt")
+    if args.runtime is None and not overrides:
+        return None
+    from simmoe.engine.setup import resolve
+    from simmoe.runtime.profile import load_runtime
+
+    return load_runtime(args.runtime or resolve(pset).runtime, overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     from simmoe.engine.chrome_trace import write_chrome_trace
     from simmoe.engine.config import ReplayConfig
@@ -113,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.timeline_steps is not None:
         raise InputError("--timeline-steps", None, "only used with --timeline or --plot")
     cfg = ReplayConfig(**given)
+    runtime = runtime_from_args(args, pset)
     hw = load_profile(args.hw)
     trace = read_trace(args.trace)
     whole = trace.model_spec.num_moe_layers
@@ -120,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"simmoe: note: {args.trace} covers the first {trace.num_layers} of {trace.model_spec.name}'s {whole} "
               f"MoE layers: simulated as that cut-down model (time and memory of those layers only)",
               file=sys.stderr)
-    result = Replay(trace, hw, pset, cfg, hw_name=args.hw).run(progress=sys.stderr.isatty())
+    result = Replay(trace, hw, pset, cfg, hw_name=args.hw, runtime=runtime).run(progress=sys.stderr.isatty())
     if args.json:
         with atomic_open(args.json) as f:
             f.write(result.to_json() + "\n")
@@ -130,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if args.timeline:
         write_chrome_trace(args.timeline, result.events, result.steps,
                            f"simmoe {result.summary['model']} on {result.summary['hw']} "
-                           f"({result.summary['policy']})", result.memory["expert_bytes"], cfg.timeline_steps,
+                           f"({result.summary['runtime']}, {result.summary['policy']})", result.memory["expert_bytes"], cfg.timeline_steps,
                            memory=result.memory)
     if args.plot:
         from simmoe.plots import overview, save

@@ -42,8 +42,10 @@ class DenseCosts:
 
 def host_costs(sc: Scenario) -> HostCosts:
     """The host's costs for this runtime on this machine (the launch cost of steps outside graphs)."""
-    h = sc.hw.host
-    launch = h.launch_overhead_us if sc.runtime.host.launch == "eager" else h.native_launch_us
+    h, rh = sc.hw.host, sc.runtime.host
+    launch = h.launch_overhead_us if rh.launch == "eager" else h.native_launch_us
+    if rh.launch_scale != 1.0:
+        launch *= rh.launch_scale
     return HostCosts(launch_us=launch, copy_issue_us=h.copy_issue_us, sync_us=h.sync_us)
 
 
@@ -123,6 +125,8 @@ class StepTiming:
         if ks:
             tl.kernels(ks // 2 or 1, d.extra_each, name="embed")
         for li in range(spec.num_layers):
+            if rh.per_layer_us:
+                tl.host_work(rh.per_layer_us, name=f"L{li} bookkeeping" if rec else "")
             if ka:
                 tl.kernels(ka, d.attn_each, name=f"L{li} attention" if rec else "")
             m = sc.moe_of[li]
@@ -252,15 +256,9 @@ class StepTiming:
         for op in pre:
             _, buf, layer, e, nbytes = op
             name = f"prefetch L{layer} e{e}" if rec else ""
-            if chunk_mb is None and not self.rx.writeback and self.rx.copies_per_expert == 1 \
-                    and not self.rh.per_copy_us:
-                free = last[buf]
-                if free is None:
-                    free = ready[buf]
-                last[buf] = None
-                self.held[buf] = True
-                ready[buf] = tl.copy(self.copy_us(nbytes), H2D, after=free, name=name)
-            elif chunk_mb is None:  # the runtime's own copy path (unit, write-back, bookkeeping) on the copy stream
+            if chunk_mb is None and self.rx.prefetch_stream == "copy":  # as a demand copy goes
+                self._load(buf, nbytes, True, name)
+            elif chunk_mb is None:  # on a copy stream of its own, asynchronously (unit and write-back kept)
                 on_compute, blocking = self.on_compute, self.blocking
                 self.on_compute = self.blocking = False
                 try:

@@ -38,6 +38,15 @@ from simmoe.policies.systems.hybrimoe import HybriMoE
 from simmoe.policies.systems.monde import MoNDE
 from simmoe.policies.systems.pregated_moe import PregatedSystem
 from simmoe.policies.systems.promoe import ProMoE
+from simmoe.policies.systems.runtimes import (
+    DeepSpeedZero3,
+    FiddlerSystem,
+    HfAccelerate,
+    KTransformers,
+    LlamaCpp,
+    MixtralOffloading,
+    Vllm,
+)
 from simmoe.policies.systems.se_moe import SeMoE
 from simmoe.policies.systems.swapmoe import SwapMoE
 
@@ -53,3 +62,5 @@ POLICIES += (FIFO, RingPrefetch, SeMoE, DataAware, Daop, ImpactPrefetch)
 POLICIES += (ProMoE,)
 # SwapMoE background loading
 POLICIES += (SetLoader,)
+# systems on a bundled runtime profile
+POLICIES += (MixtralOffloading, HfAccelerate, DeepSpeedZero3, LlamaCpp, Vllm, KTransformers, FiddlerSystem)

@@ -41,11 +41,15 @@ class RuntimeHost(_Strict):
     # eager: each kernel costs the hardware profile's host.launch_overhead_us (an eager PyTorch op from Python);
     # native: host.native_launch_us (a launch from C++, no Python)
     launch: Literal["eager", "native"] = "eager"
+    # each launch costs this many times the hardware's launch cost: a stack whose ops carry more Python than a
+    # bare eager op (module calls, hooks, an older PyTorch) costs more per op
+    launch_scale: float = Field(1.0, ge=0.1, le=100.0)
     # steps of at most this many tokens replay captured CUDA graphs: one host.graph_launch_us per step instead of
     # a launch per kernel (0: no graphs)
     graphs_max_tokens: Count = 0
     per_expert_us: FigureOrZero = 0.0  # per expert call: Python bookkeeping, launches slower than an eager op
-    per_moe_layer_us: FigureOrZero = 0.0  # per MoE layer: routing bookkeeping, hooks
+    per_layer_us: FigureOrZero = 0.0  # per transformer layer, before its attention (launches slower than eager ops)
+    per_moe_layer_us: FigureOrZero = 0.0  # per MoE layer, after its routing: routing bookkeeping, hooks
     per_step_us: FigureOrZero = 0.0  # per step: scheduler, sampling and stopping logic outside kernels
     per_copy_us: FigureOrZero = 0.0  # per expert copy: allocator and hook work beyond issuing it
     # synchronising read-backs (.item(), .tolist(), nonzero): the host waits for the compute stream to drain
@@ -92,6 +96,9 @@ class RuntimeExperts(_Strict):
     fetch: Literal["routed", "layer"] = "routed"
     copies_per_expert: int = Field(1, ge=1, le=64)  # copy unit: 1 per expert, 3 per SwiGLU matrix, ...
     copy_stream: Literal["separate", "compute"] = "separate"  # compute: copies queue with the kernels
+    # prefetch copies: on a copy stream of their own (separate), or the way demand copies go (copy: their
+    # stream, memory, unit and write-back)
+    prefetch_stream: Literal["separate", "copy"] = "separate"
     host_memory: Literal["pinned", "pageable"] = "pinned"  # pageable copies are slower and block the host
     writeback: bool = False  # an evicted expert is copied back to the host before its buffer is reused
 
