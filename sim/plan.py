@@ -74,8 +74,10 @@ def _csv(text: str | None, flag: str, cast=str) -> list | None:
 
 def search_space(trace: str, hws: list[str] | None = None, policies: list[str] | None = None,
                  slots: list[int | None] | None = None, batches: list[int] | None = None,
-                 rate: float | None = None, base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Flat parameter rows: hw x policy x cache size (for policies with slots_per_layer) x batch."""
+                 rate: float | None = None, base: dict[str, Any] | None = None,
+                 runtimes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Flat parameter rows: hw x runtime x policy x cache size (for policies with slots_per_layer) x batch
+    (runtimes None: each policy's own, i.e. the named system's, else generic)."""
     from simmoe.engine.config import ReplayConfig
     from simmoe.hw.profile import list_profiles, load_profile
     from simmoe.policies.registry import get_policy
@@ -97,16 +99,24 @@ def search_space(trace: str, hws: list[str] | None = None, policies: list[str] |
     for s in slots:
         if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
             raise InputError("--slots", None, f"cache sizes must be integers >= 0 (or 'auto'), got {s!r}")
+    if runtimes is not None:
+        from simmoe.runtime.profile import resolve_runtime_path
+
+        for r in runtimes:
+            resolve_runtime_path(r)
     rows = []
     for hw in hws:
-        for pol in policies:
-            sized = "slots_per_layer" in get_policy(pol, "cache", source="--policies").Options.model_fields
-            for s in (slots if sized else [None]):
-                for b in batches:
-                    row = {"trace": trace, "hw": hw, "policy": pol, "batch": b, **extra}
-                    if s is not None:
-                        row["policy_options.slots_per_layer"] = s
-                    rows.append(row)
+        for rt in runtimes or [None]:
+            for pol in policies:
+                sized = "slots_per_layer" in get_policy(pol, "cache", source="--policies").Options.model_fields
+                for s in (slots if sized else [None]):
+                    for b in batches:
+                        row = {"trace": trace, "hw": hw, "policy": pol, "batch": b, **extra}
+                        if rt is not None:
+                            row["runtime"] = rt
+                        if s is not None:
+                            row["policy_options.slots_per_layer"] = s
+                        rows.append(row)
     return rows
 
 
@@ -193,14 +203,14 @@ def pareto(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def plan(trace: str, slos: list[Slo], *, hws=None, policies=None, slots=None, batches=None, rate=None,
          base: dict[str, Any] | None = None, workers: int | None = None, out: str | None = None,
-         progress: bool | None = None) -> pd.DataFrame:
+         progress: bool | None = None, runtimes: list[str] | None = None) -> pd.DataFrame:
     """Runs the search space through the sweep runner and evaluates it; returns the evaluated table."""
     from simmoe.sweep.runner import run_sweep
     from simmoe.sweep.spec import build_configs
 
     if not slos:
         raise InputError("--slo", None, "give at least one SLO (e.g. --slo tpot_p90_ms=150)")
-    rows = search_space(trace, hws, policies, slots, batches, rate, base)
+    rows = search_space(trace, hws, policies, slots, batches, rate, base, runtimes)
     configs = build_configs(rows, Path("."), "plan")
     if out is not None:
         rep = run_sweep(configs, out, workers=workers, progress=progress)
@@ -216,7 +226,9 @@ def label(row: pd.Series) -> str:
     slots = row.get("policy_options.slots_per_layer")
     size = f" {int(slots)}/layer" if slots is not None and not (isinstance(slots, float) and math.isnan(slots)) \
         else ""
-    return f"{row['hw']} {row['policy']}{size} b{int(row['batch'])}"
+    rt = row.get("runtime")
+    on = f" on {rt}" if isinstance(rt, str) else ""
+    return f"{row['hw']} {row['policy']}{size}{on} b{int(row['batch'])}"
 
 
 def plot(ev: pd.DataFrame, slos: list[Slo], path: str) -> None:

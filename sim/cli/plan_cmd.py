@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, help="request rate (requests/s, Poisson arrivals; needs the serving "
                                               "engine's open-loop arrivals)")
     p.add_argument("--hw", help="comma-separated profiles (default: every bundled profile with a price)")
+    p.add_argument("--runtimes", help="comma-separated runtime profiles to compare (default: each policy's own: the "
+                                      "named system's runtime, else generic)")
     p.add_argument("--policies", help="comma-separated cache policies / systems (default: lru,ondemand,cpu-experts)")
     p.add_argument("--slots", help="comma-separated cache sizes in slots per layer for sized policies; 'auto' "
                                    "= all free GPU memory (default: E/8, E/4, E/2, auto)")
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     base = {} if args.max_requests is None else {"max_requests": args.max_requests}
     ev = plan(args.trace, slos, hws=_csv(args.hw, "--hw"), policies=_csv(args.policies, "--policies"),
               slots=_slots(args.slots), batches=_csv(args.batch, "--batch", int), rate=args.rate, base=base,
-              workers=args.workers, out=args.out)
+              workers=args.workers, out=args.out, runtimes=_csv(args.runtimes, "--runtimes"))
     best = ranked(ev)
     metrics = list(dict.fromkeys(s.metric for s in slos))
     print(f"simmoe plan  {args.trace}   SLO: {', '.join(f'{s.metric} {s.op} {s.limit:g}' for s in slos)}")

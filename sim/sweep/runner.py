@@ -50,7 +50,14 @@ def run_one(resolved: dict[str, Any]) -> dict[str, Any]:
         pset = policy_set(cli)
         fields = set(config_fields())
         cfg = {k: v for k, v in resolved.items() if k in fields}
-        res = replay(_trace(str(resolved["trace"])), str(resolved["hw"]), pset, None, **cfg)
+        runtime = None
+        overrides = {k.partition(".")[2]: v for k, v in resolved.items() if k.startswith("runtime_options.")}
+        if resolved.get("runtime") is not None or overrides:
+            from simmoe.engine.setup import resolve
+            from simmoe.runtime.profile import load_runtime
+
+            runtime = load_runtime(resolved.get("runtime") or resolve(pset).runtime, overrides)
+        res = replay(_trace(str(resolved["trace"])), str(resolved["hw"]), pset, None, runtime=runtime, **cfg)
         out = {"status": "ok", "error": "", **flatten(res.summary, reserved=param_names())}
     except InputError as e:
         out = {"status": "error", "error": e.line()}

@@ -10,9 +10,11 @@
       - {policy: lru}
       - {policy: lfu, batch: 4}
 
-A configuration is a flat mapping of parameters: `trace`, `hw`, `policy` (cache policy, named system or
-policy YAML; default lru), `prefetch` / `placement` / `precision` / `routing`, their options as
-`KIND_options.NAME` (a whole `KIND_options: {...}` mapping is accepted and flattened), and any ReplayConfig
+A configuration is a flat mapping of parameters: `trace`, `hw`, `runtime` (a bundled runtime profile or a
+YAML path; default: the named system's, else generic) with its fields changed as
+`runtime_options.SECTION.FIELD`, `policy` (cache policy, named system or policy YAML; default lru),
+`prefetch` / `placement` / `precision` / `routing`, their options as `KIND_options.NAME` (a whole
+`KIND_options: {...}` mapping is accepted and flattened), and any ReplayConfig
 field (batch, prefill_chunk, max_requests, ...; new fields work as soon as ReplayConfig has them). `base`
 values are overridden by grid and case values; a case may not set a parameter the grid sweeps. Relative
 paths (trace, hw and policy files) are relative to the spec file's folder.
@@ -43,6 +45,7 @@ from simmoe.yamlio import load_yaml
 
 POLICY_KINDS = ("policy", "prefetch", "placement", "precision", "routing")
 OPTION_GROUPS = tuple(f"{k}_options" for k in POLICY_KINDS)
+RUNTIME_OPTIONS = "runtime_options"  # runtime_options.SECTION.FIELD
 EXCLUDED_CONFIG_FIELDS = frozenset({"timeline_steps"})  # recording a timeline is not a sweep parameter
 
 
@@ -55,7 +58,7 @@ def config_fields() -> list[str]:
 
 def param_names() -> list[str]:
     """Scalar parameter names, in column order (options are `KIND_options.NAME` on top of these)."""
-    return ["trace", "hw", *POLICY_KINDS, *config_fields()]
+    return ["trace", "hw", "runtime", *POLICY_KINDS, *config_fields()]
 
 
 def _hint(key: str, valid: list[str]) -> str:
@@ -82,9 +85,9 @@ class _SpecFile(BaseModel):
 
 def _check_key(key: str, source: str, where: str) -> None:
     group, dot, opt = key.partition(".")
-    if key in param_names() or key in OPTION_GROUPS or (group in OPTION_GROUPS and opt):
+    if key in param_names() or key in OPTION_GROUPS or (group in (*OPTION_GROUPS, RUNTIME_OPTIONS) and opt):
         return
-    valid = param_names() + [f"{g}.NAME" for g in OPTION_GROUPS]
+    valid = param_names() + [f"{g}.NAME" for g in OPTION_GROUPS] + [f"{RUNTIME_OPTIONS}.SECTION.FIELD"]
     raise InputError(source, f"{where}.{key}", f"unknown parameter; {_hint(key, valid)}valid: {', '.join(valid)}")
 
 
@@ -129,12 +132,15 @@ def config_key(params: dict[str, Any], resolved: dict[str, Any]) -> str:
     """Stable hash of a configuration: its parameters plus the contents of its trace and profile files
     (so that a regenerated trace or an edited profile is not mistaken for a done configuration)."""
     from simmoe.hw.profile import resolve_profile_path
+    from simmoe.runtime.profile import resolve_runtime_path
 
     material = {
         "params": params,
         "trace_sha": _digest(str(resolved["trace"])),
         "hw_sha": _digest(str(resolve_profile_path(resolved["hw"]))),
     }
+    if resolved.get("runtime") is not None:
+        material["runtime_sha"] = _digest(str(resolve_runtime_path(resolved["runtime"])))
     text = json.dumps(material, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -161,6 +167,7 @@ def _check_names(params: dict[str, Any], resolved: dict[str, Any], source: str, 
         resolve_profile_path(resolved["hw"])
     except InputError as e:
         raise InputError(source, "hw", e.line()) from None
+    _check_runtime(params, resolved, source)
     for kind in POLICY_KINDS:
         name = resolved.get(kind)
         if name is None:
@@ -181,6 +188,25 @@ def _check_names(params: dict[str, Any], resolved: dict[str, Any], source: str, 
         group = k.partition(".")[0]
         if group in OPTION_GROUPS and resolved.get(group.removesuffix("_options")) is None:
             raise InputError(source, k, f"options given but no {group.removesuffix('_options')} policy")
+
+
+def _check_runtime(params: dict[str, Any], resolved: dict[str, Any], source: str) -> None:
+    from simmoe.runtime.profile import SECTIONS, resolve_runtime_path
+
+    rt = resolved.get("runtime")
+    if rt is not None:
+        if not isinstance(rt, str):
+            raise InputError(source, "runtime", f"must be a runtime name or path, got {_short(rt)}")
+        try:
+            resolve_runtime_path(rt)
+        except InputError as e:
+            raise InputError(source, "runtime", e.line()) from None
+    known = [f"{s}.{f}" for s, m in SECTIONS.items() for f in m.model_fields]
+    for k in params:
+        group, _, field = k.partition(".")
+        if group == RUNTIME_OPTIONS and field not in known:
+            raise InputError(source, k, f"unknown runtime field; {_hint(field, known)}keys are "
+                                        "runtime_options.SECTION.FIELD")
 
 
 def _is_scalar(v: Any) -> bool:
@@ -218,7 +244,7 @@ def build_configs(rows: list[dict[str, Any]], folder: Path, source: str) -> list
     seen: set[str] = set()
     for params in rows:
         params = _order({"policy": "lru", **params})
-        resolved = {k: (_resolve_path(v, folder) if k in ("trace", "hw", "policy") else v)
+        resolved = {k: (_resolve_path(v, folder) if k in ("trace", "hw", "runtime", "policy") else v)
                     for k, v in params.items()}
         _check_names(params, resolved, source, "")
         key = config_key(params, resolved)
