@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from simmoe.engine.config import ReplayConfig
-from simmoe.engine.planner import FETCH, LOAD, RUN, AccessPlanner
+from simmoe.engine.planner import FETCH, LOAD, AccessPlanner
 from simmoe.engine.scenario import Scenario, prepare
 from simmoe.engine.schedule import DECODE
 from simmoe.errors import InputError
@@ -44,6 +44,7 @@ from simmoe.hw.kernel_keys import TORCH_DTYPES
 from simmoe.hw.profile import HwProfile
 from simmoe.models.spec import ModelSpec
 from simmoe.policies.base import PolicySet
+from simmoe.runtime.profile import RuntimeProfile
 from simmoe.trace.format import Trace
 
 STEP_COLUMNS = ("step", "kind", "tokens", "latency_us", "hits", "misses", "copies", "cpu_experts", "prefetches")
@@ -79,14 +80,19 @@ def host_bytes_needed(spec: ModelSpec) -> int:
 
 # ---- device helpers ---------------------------------------------------------------------------------------
 class _Streams:
-    """Compute stream + copy stream with events on CUDA; synchronous no-ops on the CPU."""
+    """Compute stream + copy stream with events on CUDA (with `copy_stream` "compute", copies go on the compute
+    stream itself, queued with the kernels, as the runtime says); synchronous no-ops on the CPU."""
 
-    def __init__(self, torch: Any, device: str) -> None:
+    def __init__(self, torch: Any, device: str, copy_stream: str = "separate") -> None:
         self.torch = torch
         self.cuda = device.startswith("cuda")
         if self.cuda:
             self.compute = torch.cuda.current_stream()
-            self.copy = torch.cuda.Stream()
+            self.copy = torch.cuda.Stream() if copy_stream == "separate" else self.compute
+
+    def copy_out(self, dst: Any, src: Any, after: Any) -> Any:
+        """dst (host) <- src (device) on the copy stream after `after`: a write-back; returns its event."""
+        return self.copy_in(dst, src, after)
 
     def mark(self) -> Any:
         """An event after the work queued so far on the compute stream (None on the CPU)."""
@@ -174,7 +180,7 @@ class OffloadedExecutor:
     """
 
     def __init__(self, trace: Trace, hw: HwProfile, *, device: str = "cuda", threads: int | None = None,
-                 seed: int = 0, progress: bool = False) -> None:
+                 seed: int = 0, progress: bool = False, host_memory: str = "pinned") -> None:
         torch = _torch()
         self.torch = torch
         self.trace = trace
@@ -185,6 +191,9 @@ class OffloadedExecutor:
             raise InputError("--device", None, "cuda requested but torch sees no GPU (use --device cpu)")
         self.device = device
         self.progress = progress
+        if host_memory not in ("pinned", "pageable"):
+            raise InputError("--host-memory", None, f"must be pinned or pageable, got {host_memory!r}")
+        self.host_memory = host_memory  # of the host experts, for every run (pinned only on a GPU)
         if threads:
             torch.set_num_threads(int(threads))
         self.dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.dtype]
@@ -235,7 +244,7 @@ class OffloadedExecutor:
         expert copied everywhere (filling tens of GB with fresh random numbers would take minutes)."""
         torch, s = self.torch, self.spec
         n = expert_numel(s)
-        pin = self.device.startswith("cuda")
+        pin = self.device.startswith("cuda") and self.host_memory == "pinned"
         proto = self._rand(n, dtype=self.edt, device="cpu")
         self.host: list[Any] = []
         for _ in range(s.num_moe_layers):
@@ -246,14 +255,22 @@ class OffloadedExecutor:
 
     # ---- one configuration ---------------------------------------------------------------------------------
     def run(self, pset: PolicySet, batch: int = 1, *, label: str | None = None,
-            max_steps: int | None = None, max_requests: int | None = None) -> ExecResult:
-        """Run the trace under `pset` at `batch`; returns per-step times and the counts of what was executed."""
+            max_steps: int | None = None, max_requests: int | None = None, runtime: RuntimeProfile | None = None,
+            copy_stream: str | None = None) -> ExecResult:
+        """Run the trace under `pset` at `batch` with the runtime's access order, copy stream, copy unit,
+        write-back and per-expert read-backs; returns per-step times and the counts of what was executed."""
         torch = self.torch
         # the simulator's schedule, memory plan, cache sizes and policies: what the planner decides over
-        sc = prepare(self.trace, self.hw, pset, ReplayConfig(batch=batch, max_requests=max_requests))
-        if sc.policies.precision_cls is not None:
+        sc = prepare(self.trace, self.hw, pset, ReplayConfig(batch=batch, max_requests=max_requests,
+                                                             host_memory=self.host_memory, copy_stream=copy_stream),
+                     runtime=runtime)
+        if sc.policies.precision_cls is not None or sc.runtime.weights.experts is not None \
+                or sc.runtime.weights.dense is not None:
             raise InputError(f"configuration {pset.describe()!r}", "precision", "the executor runs experts at "
-                             "the model's own precision: precision policies cannot be validated")
+                             "the model's own precision: precision policies and weight formats cannot be validated")
+        if sc.runtime.kernels.fused:
+            raise InputError(f"runtime {sc.runtime.name}", "kernels.per_moe_layer", "the executor runs experts "
+                             "one by one: a fused MoE runtime cannot be validated")
         label = label or pset.describe()
         key = (batch, max_requests)
         with torch.inference_mode():
@@ -268,8 +285,9 @@ class OffloadedExecutor:
         import torch.nn.functional as F
 
         dev = self.device
-        st = _Streams(torch, dev)
+        st = _Streams(torch, dev, sc.copy_stream)
         planner = AccessPlanner(sc)  # a fresh planner: a cold cache, as the simulator starts
+        rx, syncs = sc.runtime.experts, sc.runtime.host.syncs_per_expert
         n = expert_numel(s)
         # One device buffer per cache slot of every partition, then the staging buffers of misses that are
         # not kept: the planner's buffer numbers index it. Touched now, so no first fill pays page faults.
@@ -286,10 +304,21 @@ class OffloadedExecutor:
         st.sync()
         cnt = _Counts()
 
+        scratch = None  # host buffer the write-back of an evicted expert goes to
+        pieces = [slice(i * n // rx.copies_per_expert, (i + 1) * n // rx.copies_per_expert)
+                  for i in range(rx.copies_per_expert)]
+
         def load(b: int, m: int, e: int) -> Any:
-            """Copy expert (m, e) into buffer b once the kernels reading its old contents are done."""
+            """Copy expert (m, e) into buffer b once the kernels reading its old contents are done (after
+            copying those contents back to the host, with a write-back runtime), in the runtime's copy unit."""
+            nonlocal scratch
             free = last[b] if last[b] is not None else ready[b]
-            ready[b] = st.copy_in(bufs[b], self.host[m][e], free)
+            if rx.writeback and holds[b] is not None and b < planner.staging_first:
+                if scratch is None:
+                    scratch = torch.empty(n, dtype=self.edt, pin_memory=dev.startswith("cuda"))
+                free = st.copy_out(scratch, bufs[b], free)
+            for piece in pieces:
+                ready[b] = st.copy_in(bufs[b][piece], self.host[m][e][piece], free)
             last[b] = None
             holds[b] = m * E + e
             cnt.copies += 1
@@ -379,16 +408,25 @@ class OffloadedExecutor:
                 out = _ffn(F, act, hn, w["shared"]) if s.num_shared_experts else torch.zeros_like(hn)
                 top.cpu()  # routing to host: the synchronisation before experts can be fetched
                 ops, cpu_jobs, pre = planner.plan_layer(m)
+                fetched: set[int] = set()
                 for op in ops:  # the planner's actions, translated
                     kind, b, _m, e = op[:4]
+                    if kind == FETCH:  # a copy issued ahead of its kernels (whole-layer fetch, issue-ahead)
+                        if op[6] or op[7] or not op[5]:
+                            raise InputError("executor", "precision", "bit-plane copies (nested precision) are "
+                                             "not executed")
+                        load(b, m, e)
+                        fetched.add(b)
+                        continue
+                    for _ in range(syncs):  # the loop's index read-backs before the expert (torch.where, .item())
+                        ints[0].item()
                     if kind == LOAD:
                         load(b, m, e)
                         cnt.misses += 1
-                    elif kind == RUN:
+                    elif b in fetched:
+                        cnt.misses += 1
+                    else:
                         cnt.hits += 1
-                    elif kind == FETCH:
-                        raise InputError("executor", "precision", "bit-plane copies (nested precision) are not "
-                                         "executed")
                     if holds[b] != m * E + e:  # the planner's promise: a buffer holds the expert a kernel reads
                         raise RuntimeError(f"buffer {b} holds key {holds[b]}, layer {m} expert {e} expected")
                     st.wait(ready[b])

@@ -29,6 +29,7 @@ from simmoe.fileio import atomic_path
 from simmoe.hw.profile import HwProfile
 from simmoe.models.spec import ModelSpec
 from simmoe.policies.base import PolicySet
+from simmoe.runtime.profile import RuntimeProfile
 from simmoe.trace.format import Trace, read_trace, validate
 
 COUNT_KEYS = ("hits", "misses", "copies", "cpu_experts", "prefetches")
@@ -166,6 +167,7 @@ class Report:
     device: str
     date: str
     machine: dict[str, str]
+    runtime: str = "generic"
     rows: list[Row] = field(default_factory=list)
     steps: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
@@ -185,8 +187,8 @@ class Report:
         return all(r.counts_match for r in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("trace", "model", "moe_layers", "hw", "hw_source", "device", "date",
-                                           "machine", "notes")}
+        d = {k: getattr(self, k) for k in ("trace", "model", "moe_layers", "hw", "hw_source", "device", "runtime",
+                                           "date", "machine", "notes")}
         d["mape_mean"] = self.mape_mean
         d["mape_p90"] = self.mape_p90
         d["counts_match"] = self.counts_match
@@ -211,8 +213,12 @@ def run_validation(
     threads: int | None = None,
     max_requests: int | None = None,
     progress: bool = False,
+    runtime: RuntimeProfile | None = None,
+    host_memory: str = "pinned",
+    copy_stream: str | None = None,
 ) -> Report:
-    """Measure every (configuration, batch) with the executor, simulate it, compare."""
+    """Measure every (configuration, batch) with the executor, simulate it with the same runtime and replay
+    settings, compare."""
     from simmoe.calibrate.executor import OffloadedExecutor, check_model
     from simmoe.calibrate.machine import machine_facts
     from simmoe.engine.config import ReplayConfig
@@ -222,20 +228,22 @@ def run_validation(
     check_model(spec, trace.source)
     check_host_memory(spec, device, trace.source)
     hw_label = hw_label or hw.name
-    exe = OffloadedExecutor(trace, hw, device=device, threads=threads, progress=progress)
+    exe = OffloadedExecutor(trace, hw, device=device, threads=threads, progress=progress, host_memory=host_memory)
     rep = Report(trace=trace.source, model=spec.name, moe_layers=spec.num_moe_layers, hw=hw_label,
                  hw_source=hw.source, device=device,
                  date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                 machine=machine_facts(device, threads))
+                 machine=machine_facts(device, threads), runtime=runtime.name if runtime is not None else "generic")
     if not device.startswith("cuda"):
         rep.notes.append("the executor ran on the CPU (tiny/test mode): its latencies are CPU times and are not "
                          "comparable with a GPU profile; the cache decisions are")
     frames = []
     for b in batches:
         for cfg in configs:
-            meas = exe.run(cfg.pset, b, label=cfg.label, max_requests=max_requests)
-            sim = Replay(trace, hw, cfg.pset, ReplayConfig(batch=b, max_requests=max_requests),
-                         hw_name=hw_label).run()
+            meas = exe.run(cfg.pset, b, label=cfg.label, max_requests=max_requests, runtime=runtime,
+                           copy_stream=copy_stream)
+            sim = Replay(trace, hw, cfg.pset, ReplayConfig(batch=b, max_requests=max_requests,
+                                                           host_memory=host_memory, copy_stream=copy_stream),
+                         hw_name=hw_label, runtime=runtime).run()
             sdf = sim.steps
             mdf = meas.steps
             m_dec = mdf[mdf["kind"] == "decode"]["latency_us"].to_numpy(float) / 1e3
@@ -291,7 +299,8 @@ def format_markdown(rep: Report, figure: str | None = None) -> str:
         f"# Validation: {rep.model} ({rep.moe_layers} MoE layers) on {rep.hw}",
         "",
         f"- trace: `{rep.trace}`",
-        f"- profile: `{rep.hw}` (source: {rep.hw_source}); executor device: {rep.device}; date {rep.date}",
+        f"- profile: `{rep.hw}` (source: {rep.hw_source}); runtime `{rep.runtime}`; executor device: {rep.device}; "
+        f"date {rep.date}",
         "- machine: " + ", ".join(f"{k} {v}" for k, v in rep.machine.items() if k in
                                   ("gpu", "gpu_driver", "pcie_link", "cpu", "cpu_threads_used", "torch")),
         "- per-token latency = decode-step latency (one token of every running request), measured from the "

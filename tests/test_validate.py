@@ -81,6 +81,41 @@ CONFIGS = ["resident", "ondemand", "lru:slots_per_layer=2", "lru:scope=global,sl
            "lru:scope=global,slots_per_layer=4+prefetch=impact"]
 
 
+RUNTIMES = [("torch-eager", "lru:slots_per_layer=3", {}),
+            ("mixtral-offloading", "lru:slots_per_layer=2+prefetch=next-layer:accuracy=0.7",
+             {"weights.experts": "null", "weights.dense": "null"}),
+            ("hf-accelerate", "ondemand", {}),
+            ("deepspeed-zero3", "ondemand", {})]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name,text,overrides", RUNTIMES, ids=[r[0] for r in RUNTIMES])
+def test_executor_runs_each_runtimes_order_and_copies(executor, hw, name, text, overrides, batch):
+    # the runtime's access order (index, hits first with misses issued ahead), copy unit and stream, write-back
+    # and whole-layer fetch: the executor's counts equal the simulator's, per step
+    from simmoe.engine.config import ReplayConfig
+    from simmoe.engine.replay import Replay
+    from simmoe.runtime.profile import load_runtime
+
+    runtime = load_runtime(name, overrides)
+    cfg = parse_config(text)
+    meas = executor.run(cfg.pset, batch, runtime=runtime)
+    sim = Replay(executor.trace, hw, cfg.pset, ReplayConfig(batch=batch), runtime=runtime).run()
+    for k in ("hits", "misses", "copies", "cpu_experts", "prefetches"):
+        assert meas.counts[k] == sim.summary[k], k
+    np.testing.assert_array_equal(meas.steps["hits"].to_numpy(), sim.steps["hits"].to_numpy())
+    np.testing.assert_array_equal(meas.steps["copies"].to_numpy(), sim.steps["copies"].to_numpy())
+
+
+def test_index_order_changes_the_executors_hits_as_the_simulators(executor, hw):
+    from simmoe.runtime.profile import load_runtime
+
+    pset = parse_config("lru:slots_per_layer=3").pset
+    a = executor.run(pset, 3, runtime=load_runtime("generic"))
+    b = executor.run(pset, 3, runtime=load_runtime("torch-eager"))
+    assert a.counts["hits"] != b.counts["hits"]
+
+
 def test_every_cache_policy_is_covered():
     from simmoe.policies.registry import all_policies
 

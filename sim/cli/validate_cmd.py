@@ -34,6 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "not fit the profile's GPU memory are skipped)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], metavar="B",
                    help="decode batch sizes (default: 1 8)")
+    p.add_argument("--runtime", metavar="NAME_OR_PATH",
+                   help="runtime profile both sides run: the executor takes its access order, copy unit and stream, "
+                        "write-back and per-expert read-backs; the simulator all of it (default: generic)")
+    p.add_argument("--runtime-opt", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="change one field of the runtime profile (repeatable)")
+    p.add_argument("--host-memory", choices=("pinned", "pageable"), default="pinned",
+                   help="host memory of the offloaded experts, both sides (default pinned)")
+    p.add_argument("--copy-stream", choices=("separate", "compute"),
+                   help="stream expert copies go on, both sides (default: the runtime's)")
     p.add_argument("--layers", type=int, metavar="N", help="keep only the trace's first N MoE layers")
     p.add_argument("--max-requests", type=int, metavar="N", help="use only the first N requests of the trace")
     p.add_argument("--device", choices=["cuda", "cpu"], default=None,
@@ -72,7 +81,12 @@ def run(args: argparse.Namespace) -> int:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise InputError("--out", str(out), f"parent folder {str(parent)!r} does not exist")
+    from simmoe.policies.config import parse_kv
+    from simmoe.runtime.profile import load_runtime
+
     hw = load_profile(args.hw)
+    overrides = parse_kv(args.runtime_opt, "--runtime-opt")
+    runtime = load_runtime(args.runtime, overrides) if args.runtime or overrides else None
     trace = load_inputs(args.trace, args.layers)
     explicit = args.configs is not None
     configs = [parse_config(c) for c in (args.configs or default_configs(trace.spec))]
@@ -82,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     for c in configs:
         try:
             for b in batches:  # sizes the cache as the simulator will: a configuration that cannot fit fails here
-                prepare(trace, hw, c.pset, ReplayConfig(batch=b, max_requests=args.max_requests))
+                prepare(trace, hw, c.pset, ReplayConfig(batch=b, max_requests=args.max_requests,
+                                                        host_memory=args.host_memory, copy_stream=args.copy_stream),
+                        runtime=runtime)
             kept.append(c)
         except InputError as e:
             if explicit:
@@ -99,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--device", None, "cuda requested but torch sees no GPU (use --device cpu for the "
                          "tiny test mode)")
     rep = run_validation(trace, hw, kept, batches, device=device, hw_label=args.hw, threads=args.threads,
-                         max_requests=args.max_requests, progress=not args.no_progress and sys.stderr.isatty())
+                         max_requests=args.max_requests, progress=not args.no_progress and sys.stderr.isatty(),
+                         runtime=runtime, host_memory=args.host_memory, copy_stream=args.copy_stream)
     rep.notes += [f"skipped (does not fit): {s}" for s in skipped]
     paths = write_report(rep, out)
     print(format_markdown(rep))
