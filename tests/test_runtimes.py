@@ -298,3 +298,13 @@ def test_simpy_reference_agrees_for_runtime_features(tr):
     out = {e: run(tr, runtime=r, engine=e) for e in ("fast", "simpy")}
     np.testing.assert_allclose(out["fast"].steps["end_us"], out["simpy"].steps["end_us"], rtol=1e-9)
     assert Counter(out["fast"].steps["hits"]) == Counter(out["simpy"].steps["hits"])
+
+
+def test_unified_memory_reads_experts_in_place():
+    from simmoe.trace.format import read_trace
+
+    tr = read_trace("traces/deepseek-v2-lite-synth.npz").select(requests=[0])
+    with pytest.raises(InputError, match="gpu.unified_memory"):
+        run(tr, PolicySet("lru", {"slots_per_layer": 8}), hw="jetson-agx-orin")
+    s = run(tr, PolicySet("resident"), hw="jetson-agx-orin").summary
+    assert s["copies"] == 0 and s["bytes_h2d"] == 0 and s["hits"] == s["accesses"]

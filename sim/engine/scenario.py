@@ -115,6 +115,11 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
     if runtime is None:
         runtime = load_runtime(r.runtime)
     hw_name = hw_name or hw.name
+    bypass = r.placement_cls is not None and r.placement_cls.bypass_cache
+    if hw.gpu.unified_memory and r.cache_cls.fixed_capacity != "all" and not bypass:
+        raise InputError(hw_name, "gpu.unified_memory", "the GPU and the host share one memory: experts are read "
+                         "where they are, never copied; use --policy resident (the model must fit that memory) or "
+                         "a CPU placement")
     tr = trace
     if cfg.max_requests is not None:
         tr = tr.select(requests=tr.request_ids[: cfg.max_requests])

@@ -53,7 +53,9 @@ class GpuSpec(_Strict):
     matmul_efficiency: Frac = 0.7  # achieved fraction of peak for large GEMMs
     membw_efficiency: Frac = 0.8  # achieved fraction of hbm_gbps when streaming weights
     kernel_min_us: NonNeg = 3.0  # the shortest kernel's duration on the GPU
-    unified_memory: bool = False  # host and GPU share DRAM (Jetson): experts need no PCIe copy
+    # host and GPU share DRAM (Jetson, Apple): experts are read in place, never copied; a replay needs every
+    # expert resident in that memory (`--policy resident`) or on the CPU
+    unified_memory: bool = False
     sm_count: int | None = Field(None, ge=1)
 
     @field_validator("reserved_gib")
