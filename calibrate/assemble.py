@@ -553,8 +553,10 @@ def _cuda_sections(draft: _Draft, meas: Measurements, df: pd.DataFrame, gpu_ex: 
     draft.d["kernels"]["expert_ffn_gpu"] = tables
     if b is not None:
         draft.borrow("gpu.unified_memory")
+        draft.borrow("gpu.executes_on_host")
     else:
         draft.put("gpu.unified_memory", False, "assumed", "a discrete GPU: the transfer rows cross a link")
+        draft.put("gpu.executes_on_host", False, "assumed", "a GPU runs kernels the host queued")
 
     # host: measured rows, else the launch cost the expert-call fit found
     if "gpu.launch_us" in figures:
@@ -610,6 +612,8 @@ def _cpu_device_sections(draft: _Draft, meas: Measurements, df: pd.DataFrame, cp
                   "host dispatch row (cpu): the smallest op's whole time, dispatch included")
     draft.put("gpu.unified_memory", False, "assumed",
               "the executor copies experts into its slot pool with memcpy, as over a link")
+    draft.put("gpu.executes_on_host", True, "assumed",
+              "the CPU is the device: the host thread runs each op itself (torch on the CPU is synchronous)")
     tabs = dict(draft.d["kernels"].get("expert_ffn_cpu", {}))
     for k in tabs:
         draft.note(f"kernels.expert_ffn_gpu.{k}", "measured",

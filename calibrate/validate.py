@@ -33,6 +33,7 @@ from simmoe.runtime.profile import RuntimeProfile
 from simmoe.trace.format import Trace, read_trace, validate
 
 COUNT_KEYS = ("hits", "misses", "copies", "cpu_experts", "prefetches")
+EXECUTOR_RUNTIME = "simmoe-executor"  # the runtime that describes the executor's own code (the default)
 KINDS = ("prefetch", "placement", "precision", "routing")  # the kinds a configuration may add after '+'
 
 
@@ -223,7 +224,9 @@ def run_validation(
     from simmoe.calibrate.machine import machine_facts
     from simmoe.engine.config import ReplayConfig
     from simmoe.engine.replay import Replay
+    from simmoe.runtime.profile import load_runtime
 
+    runtime = runtime or load_runtime(EXECUTOR_RUNTIME)
     spec = trace.spec
     check_model(spec, trace.source)
     check_host_memory(spec, device, trace.source)
@@ -232,7 +235,7 @@ def run_validation(
     rep = Report(trace=trace.source, model=spec.name, moe_layers=spec.num_moe_layers, hw=hw_label,
                  hw_source=hw.source, device=device,
                  date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                 machine=machine_facts(device, threads), runtime=runtime.name if runtime is not None else "generic")
+                 machine=machine_facts(device, threads), runtime=runtime.name)
     if not device.startswith("cuda"):
         rep.notes.append("the executor ran on the CPU (tiny/test mode): its latencies are CPU times and are not "
                          "comparable with a GPU profile; the cache decisions are")

@@ -193,3 +193,41 @@ def test_replay_fast_equals_simpy(case):
         assert f.summary[key] == s.summary[key]
     for key in ("gpu_busy", "pcie_busy", "cpu_busy"):
         assert f.summary[key] == pytest.approx(s.summary[key], rel=1e-9)
+
+
+def test_a_cpu_device_runs_each_kernel_on_the_host_thread():
+    # gpu.executes_on_host (a profile from `calibrate --as-device`): the host waits for every kernel and copy;
+    # the recurrence equals the SimPy reference, and the step takes host + device time, not the larger one
+    from conftest import random_trace
+
+    from simmoe.engine.config import ReplayConfig
+    from simmoe.policies.base import PolicySet
+
+    hw = load_profile("rtx3090")
+    cpu_dev = hw.model_copy(update={"gpu": hw.gpu.model_copy(update={"executes_on_host": True})})
+    tr = random_trace(40, 3, 8, 2, requests=2, seed=3, prefill=4)
+    ps = PolicySet("lru", {"slots_per_layer": 3})
+    out = {e: Replay(tr, cpu_dev, ps, ReplayConfig(engine=e, batch=2)).run() for e in ("fast", "simpy")}
+    assert out["fast"].steps["end_us"].to_numpy() == pytest.approx(out["simpy"].steps["end_us"].to_numpy(),
+                                                                  rel=1e-9)
+    queued = Replay(tr, hw, ps, ReplayConfig(batch=2)).run()
+    s = out["fast"].steps
+    assert (s["latency_us"] >= s["gpu_busy_us"] + s["h2d_busy_us"] - 1e-6).all()  # nothing overlaps
+    assert s["latency_us"].sum() > queued.steps["latency_us"].sum()
+
+
+def test_a_cpu_device_runs_cpu_experts_on_its_own_cores():
+    from conftest import random_trace
+
+    from simmoe.engine.config import ReplayConfig
+    from simmoe.policies.base import PolicySet
+
+    hw = load_profile("rtx3090")
+    cpu_dev = hw.model_copy(update={"gpu": hw.gpu.model_copy(update={"executes_on_host": True})})
+    tr = random_trace(30, 3, 8, 2, requests=2, seed=4, prefill=3)
+    out = {e: Replay(tr, cpu_dev, PolicySet("cpu-experts"), ReplayConfig(engine=e, batch=2)).run()
+           for e in ("fast", "simpy")}
+    assert out["fast"].steps["end_us"].to_numpy() == pytest.approx(out["simpy"].steps["end_us"].to_numpy(),
+                                                                  rel=1e-9)
+    s = out["fast"].steps
+    assert (s["latency_us"] >= s["gpu_busy_us"] + s["cpu_busy_us"] - 1e-6).all()

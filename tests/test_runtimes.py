@@ -29,7 +29,7 @@ from simmoe.runtime.profile import (
 
 HW = "rtx3090"
 BUNDLED = ["deepspeed-zero3", "fiddler", "generic", "hf-accelerate", "ktransformers", "llama.cpp",
-           "mixtral-offloading", "torch-eager", "vllm"]
+           "mixtral-offloading", "simmoe-executor", "torch-eager", "vllm"]
 
 
 def rt(**sections) -> RuntimeProfile:
@@ -308,3 +308,17 @@ def test_unified_memory_reads_experts_in_place():
         run(tr, PolicySet("lru", {"slots_per_layer": 8}), hw="jetson-agx-orin")
     s = run(tr, PolicySet("resident"), hw="jetson-agx-orin").summary
     assert s["copies"] == 0 and s["bytes_h2d"] == 0 and s["hits"] == s["accesses"]
+
+
+def test_gather_kernels_at_more_than_one_token(tr):
+    r = rt(kernels={"per_expert_gather": 2})
+    one = run(tr, PolicySet("resident"), hw="a100-80gb-sxm", runtime=r, timeline_steps=(0, 10**6))
+    gathers = [e for e in events(one, "gpu", "gather/scatter")]
+    multi = one.steps["tokens"] > 1
+    assert len(gathers) == int(one.steps["hits"][multi].sum())  # one group per expert call in multi-token steps
+    assert all(e.args["kernels"] == 2 for e in gathers)
+    base = run(tr, PolicySet("resident"), hw="a100-80gb-sxm")
+    single = ~multi.to_numpy()
+    # one-token steps launch the same work (their latency may still differ by what the step before left queued)
+    np.testing.assert_array_equal(one.steps["gpu_busy_us"][single], base.steps["gpu_busy_us"][single])
+    assert (one.steps["latency_us"][multi].to_numpy() > base.steps["latency_us"][multi].to_numpy()).all()

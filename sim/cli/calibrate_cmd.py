@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with CPU measurements: describe the CPU as the compute device too (its GEMM and memory "
                         "rates, its expert tables, memcpy as the link, its dispatch cost as the launch cost)")
     p.add_argument("--model", dest="models", action="extend", nargs="+", metavar="NAME",
-                   help=f"catalog model(s) whose expert shape to time (default: {' '.join(DEFAULT_MODELS)})")
+                   help=f"catalog model(s) whose expert shape to time, or a trace (.npz) whose model to time "
+                        f"(default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--quick", action="store_true",
                    help="a few sizes (copies up to 64 MiB, tokens 1..64) and repetitions: seconds, not minutes")
     p.add_argument("--base", metavar="PROFILE",
@@ -105,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(res, paths))
         return 0
 
-    models = list(dict.fromkeys(args.models or DEFAULT_MODELS))
-    for m in models:
-        get_model(m, source="--model")
+    models: list = []
+    for m in dict.fromkeys(args.models or DEFAULT_MODELS):  # a catalog name, or a trace whose model to time
+        if m.endswith(".npz"):
+            from simmoe.trace.format import read_trace
+
+            models.append(read_trace(m).spec)
+        else:
+            models.append(get_model(m, source="--model").name)
     if args.max_tokens is not None and args.max_tokens < 2:
         raise InputError("--max-tokens", None, f"must be >= 2, got {args.max_tokens}")
     base = load_profile(args.base) if args.base else None

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decode batch sizes (default: 1 8)")
     p.add_argument("--runtime", metavar="NAME_OR_PATH",
                    help="runtime profile both sides run: the executor takes its access order, copy unit and stream, "
-                        "write-back and per-expert read-backs; the simulator all of it (default: generic)")
+                        "write-back and per-expert read-backs; the simulator all of it (default: simmoe-executor, "
+                        "which describes the executor's own code)")
     p.add_argument("--runtime-opt", action="append", metavar="SECTION.FIELD=VALUE",
                    help="change one field of the runtime profile (repeatable)")
     p.add_argument("--host-memory", choices=("pinned", "pageable"), default="pinned",
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
     hw = load_profile(args.hw)
     overrides = parse_kv(args.runtime_opt, "--runtime-opt")
-    runtime = load_runtime(args.runtime, overrides) if args.runtime or overrides else None
+    from simmoe.calibrate.validate import EXECUTOR_RUNTIME
+
+    runtime = load_runtime(args.runtime or EXECUTOR_RUNTIME, overrides)
     trace = load_inputs(args.trace, args.layers)
     explicit = args.configs is not None
     configs = [parse_config(c) for c in (args.configs or default_configs(trace.spec))]

@@ -23,7 +23,8 @@ from simmoe.engine.scenario import Scenario, prepare
 from simmoe.engine.schedule import Idle, Step, online_schedule
 from simmoe.engine.simpy_timeline import SimpyTimeline
 from simmoe.engine.step_timing import StepTiming, host_costs
-from simmoe.engine.timeline import ChunkedTimeline, Timeline
+from simmoe.engine.timeline import ChunkedTimeline, HostDeviceTimeline, Timeline
+from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile, load_profile
 from simmoe.policies.base import PolicySet
 from simmoe.runtime.profile import RuntimeProfile, load_runtime
@@ -61,8 +62,15 @@ def play(sc: Scenario, progress: bool = False, wall0: float | None = None) -> Re
     env = simpy.Environment()
     chunked = chunk_mb is not None  # preemptible prefetches need the chunked engine
     host = host_costs(sc)
+    on_host = hw.gpu.executes_on_host
     if cfg.engine == "simpy":
-        tl = SimpyTimeline(env, host, hw.pcie.copy_engines, record=cfg.timeline_steps is not None, chunked=chunked)
+        tl = SimpyTimeline(env, host, hw.pcie.copy_engines, record=cfg.timeline_steps is not None, chunked=chunked,
+                           synchronous=on_host)
+    elif on_host:
+        if chunked:
+            raise InputError(sc.hw_name, "gpu.executes_on_host", "preemptible chunked prefetches need a copy "
+                             "engine beside the device; a CPU device copies on its own thread")
+        tl = HostDeviceTimeline(host, hw.pcie.copy_engines)
     else:
         tl = (ChunkedTimeline if chunked else Timeline)(host, hw.pcie.copy_engines)
     timing = (FastStepTiming if cfg.engine == "fast" else StepTiming)(sc, tl, planner, chunk_mb)

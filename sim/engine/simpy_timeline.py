@@ -80,6 +80,8 @@ class SimpyTimeline:
     copy_engines: int = 2
     record: bool = False
     chunked: bool = False  # preemptible prefetch copies: the H2D engine is a dispatcher process
+    # the device is the host's own cores (HostDeviceTimeline): the host waits for each kernel and copy
+    synchronous: bool = False
     c: Counters = field(default_factory=Counters)
     events: list[Event] = field(default_factory=list)
 
@@ -122,7 +124,7 @@ class SimpyTimeline:
         op = None
         for i in range(n):
             op = Op("kernel", (GPU,), each_us, after if i == 0 else None, self.host.launch_us,
-                    name=name, cat=cat, track=GPU)
+                    blocking=self.synchronous, name=name, cat=cat, track=GPU)
             self._program.append(op)
         self._last_gpu = op
         self.c.gpu_busy += n * each_us
@@ -130,6 +132,8 @@ class SimpyTimeline:
 
     def copy(self, us: float, direction: str = H2D, after=None, on_compute: bool = False,
              blocking: bool = False, name: str = "copy", preemptible: bool = False, chunks: int = 1) -> Op:
+        if self.synchronous:
+            on_compute = blocking = True
         queues = (direction, GPU) if on_compute else (direction,)
         if preemptible:
             if not self.chunked or direction != H2D or on_compute or blocking or chunks < 1:
@@ -153,7 +157,9 @@ class SimpyTimeline:
         return op
 
     def cpu(self, us: float, after=None, name: str = "cpu expert") -> Op:
-        op = Op("cpu", (CPU,), us, after, 0.0, name=name, cat="cpu", track=CPU)
+        # a CPU device: the CPU experts run on its cores, holding the device too, and the host waits for them
+        queues = (CPU, GPU) if self.synchronous else (CPU,)
+        op = Op("cpu", queues, us, after, 0.0, blocking=self.synchronous, name=name, cat="cpu", track=CPU)
         self._program.append(op)
         self.c.cpu_busy += us
         return op

@@ -86,6 +86,11 @@ class StepTiming:
             x = self._gpu_each[(nt, wb)] = us / max(self.rk.per_expert, 1)
         return x
 
+    def expert_launches(self, step: Step) -> int:
+        """Kernels one expert call launches in this step (gathers and scatters when it has several tokens)."""
+        k = self.rk
+        return k.per_expert + (k.per_expert_gather if len(step.rows) > 1 else 0)
+
     def dense_costs(self, step: Step) -> DenseCosts:
         sc = self.sc
         tokens = len(step.rows)
@@ -144,7 +149,7 @@ class StepTiming:
             if self.rk.fused:
                 self.issue_fused(ops, li)
             else:
-                self.issue(ops, li)
+                self.issue(ops, li, self.expert_launches(step))
             cpu_done = self._cpu_experts(cpu, r_end, li) if cpu else None
             tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine" if rec else "", wait="cpu")
             if pre:
@@ -186,12 +191,13 @@ class StepTiming:
         self.ready[buf] = done
         return done
 
-    def issue(self, ops: list[tuple], li: int) -> None:
-        """A layer's expert actions, in order."""
+    def issue(self, ops: list[tuple], li: int, kpe: int | None = None) -> None:
+        """A layer's expert actions, in order (`kpe` kernels per expert; default the runtime's loop)."""
         tl = self.tl
         rec = tl.record
         ready, last = self.ready, self.last
-        kpe = self.rk.per_expert
+        loop = self.rk.per_expert
+        kpe = kpe or loop
         gpu_each = self._gpu_each
         per_expert = self.rh.syncs_per_expert or self.rh.per_expert_us
         for op in ops:
@@ -216,7 +222,13 @@ class StepTiming:
             each = gpu_each.get((nt, wb))
             if each is None:
                 each = self._each(nt, wb)
-            last[buf] = tl.kernels(kpe, each, after=dep, name=f"L{li} e{e}" if rec else "", cat="expert")
+            if kpe != loop:  # then the gather and scatter kernels: each moves the expert's tokens' activations
+                last[buf] = tl.kernels(loop, each, after=dep, name=f"L{li} e{e}" if rec else "", cat="expert")
+                move = self.sc.costs.gpu_roofline_us(0.0, 2 * self.sc.costs.activation_bytes(nt))
+                last[buf] = tl.kernels(kpe - loop, move, name=f"L{li} e{e} gather/scatter" if rec else "",
+                                       cat="expert")
+            else:
+                last[buf] = tl.kernels(kpe, each, after=dep, name=f"L{li} e{e}" if rec else "", cat="expert")
 
     def issue_fused(self, ops: list[tuple], li: int) -> None:
         """A fused MoE kernel (llama.cpp MUL_MAT_ID, vLLM fused_moe): the layer's copies, then one group of

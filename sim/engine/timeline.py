@@ -207,6 +207,49 @@ class Timeline:
         return end
 
 
+# ---- a device that runs on the host's own cores ----------------------------------------------------------
+@dataclass
+class HostDeviceTimeline(Timeline):
+    """The timeline of a CPU used as the compute device (`gpu.executes_on_host`, a profile from `calibrate
+    --as-device`): the host thread runs every kernel itself, so it waits for each one (no running ahead), and
+    a copy is a memcpy on that thread (on the compute queue, blocking)."""
+
+    def kernels(self, n: int, each_us: float, after: float | None = None, name: str = "kernel",
+                cat: str = "compute", wait: str = "copy") -> float:
+        L = self.host.launch_us
+        c = self.c
+        h0 = self.h
+        prev = self.gpu_free
+        issue1 = h0 + L
+        start = issue1 if issue1 > prev else prev
+        if after is not None and after > start:
+            self._stall(wait, after - start)
+            start = after
+        if issue1 > prev:
+            c.stall_dispatch += (issue1 if issue1 < start else start) - prev
+        end = start + each_us + (n - 1) * (L + each_us)  # launch, run, launch, run ...
+        c.stall_dispatch += (n - 1) * L
+        c.gpu_busy += n * each_us
+        self.gpu_free = self.h = end
+        if self.record:
+            self.events.append(Event("dispatch", f"run {name}", "launch", h0, end, {"kernels": n}))
+            self.events.append(Event(GPU, name, cat, start, end, {"kernels": n, "busy_us": n * each_us}))
+        return end
+
+    def copy(self, us: float, direction: str = H2D, after: float | None = None, on_compute: bool = False,
+             blocking: bool = False, name: str = "copy") -> float:
+        return super().copy(us, direction, after, on_compute=True, blocking=True, name=name)
+
+    def cpu(self, us: float, after: float | None = None, name: str = "cpu expert") -> float:
+        """CPU experts run on the same cores as the device: the host waits, the device is busy meanwhile."""
+        end = super().cpu(us, after, name)
+        if end > self.h:
+            self.h = end
+        if end > self.gpu_free:
+            self.gpu_free = end
+        return end
+
+
 # ---- preemptible prefetch copies -------------------------------------------------------------------------
 class PrefetchHandle:
     """Handle of a preemptible prefetch copy: `end` is None while later copies may still push it back."""

@@ -56,6 +56,9 @@ class GpuSpec(_Strict):
     # host and GPU share DRAM (Jetson, Apple): experts are read in place, never copied; a replay needs every
     # expert resident in that memory (`--policy resident`) or on the CPU
     unified_memory: bool = False
+    # the "GPU" is the host's own cores (a CPU profile from `calibrate --as-device`): the host thread runs each
+    # kernel itself and waits for it; copies are memcpys on that thread
+    executes_on_host: bool = False
     sm_count: int | None = Field(None, ge=1)
 
     @field_validator("reserved_gib")

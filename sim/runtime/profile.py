@@ -64,6 +64,9 @@ class RuntimeKernels(_Strict):
     per_attention: Count = 12  # one attention block with its norms and residual adds
     per_router: Count = 4  # the gate and top-k of a MoE layer
     per_expert: Count = 6  # one routed expert called from a loop (gathers, GEMMs, activation, weighting, scatter)
+    # more launches per expert in steps of more than one token, where a loop gathers the expert's tokens and
+    # scatters its output back (index_select, weighting, index_add_) instead of adding one row
+    per_expert_gather: Count = 0
     # a fused MoE implementation (llama.cpp MUL_MAT_ID, vLLM fused_moe): launches per MoE layer for all of its
     # GPU experts together (then per_expert is 0: no per-expert launches)
     per_moe_layer: Count = 0
@@ -75,6 +78,8 @@ class RuntimeKernels(_Strict):
         if (self.per_expert > 0) == (self.per_moe_layer > 0):
             raise ValueError("give per_expert (an expert loop) or per_moe_layer (a fused MoE kernel), not both "
                              "and not neither")
+        if self.per_expert_gather and not self.per_expert:
+            raise ValueError("per_expert_gather adds to an expert loop's launches: a fused MoE has none")
         return self
 
     @property
