@@ -54,7 +54,7 @@ from simmoe.calibrate.fit import (
     monotone_table,
     rel_rms,
 )
-from simmoe.calibrate.measurements import COPY_KINDS, Measurements, to_frame
+from simmoe.calibrate.measurements import BLOCK_TABLES, COPY_KINDS, Measurements, to_frame
 from simmoe.errors import InputError
 from simmoe.hw.profile import (
     FIGURE_SECTIONS,
@@ -69,6 +69,7 @@ from simmoe.hw.profile import (
 
 SPECS: dict[str, Any] = {"gpu": GpuSpec, "host": HostSpec, "pcie": PcieSpec, "cpu": CpuSpec}
 DEV_PREFIX = {"cuda": "gpu", "cpu": "cpu"}
+MIN_TABLE_US = 0.01  # a table entry that is all dispatch keeps this much device time (tables are > 0)
 SCHEMA_DEFAULT = "schema default (hwprofiles/README.md)"
 
 
@@ -242,6 +243,49 @@ def _kernels_of(names: pd.Series) -> np.ndarray:
     return np.array([call_kernels(str(k).split(":")[0].split("x", 2)[2]) for k in names], dtype=float)
 
 
+def _block_tables(draft: _Draft, df: pd.DataFrame, device: str, threads: int | None, dispatch_us: float) -> None:
+    """The dense blocks' tables (kernels.attention_gpu, ...) from `block` rows of the compute device; on a CPU
+    device (`dispatch_us` > 0) each block's ops' dispatch is taken out (the simulator adds the runtime's)."""
+    rows = df[(df["kind"] == "block") & (df["device"] == device)]
+    if device == "cpu":
+        rows = rows[rows["threads"] == (threads or 0)]
+    for key, s in rows.groupby("name", sort=False):
+        section = BLOCK_TABLES[str(key).split(":", 1)[0]]
+        us = s["median_us"].to_numpy()
+        src = "block medians (GPU time only)" if device == "cuda" else f"block medians at {threads} threads"
+        if dispatch_us:
+            ops = int(s["ops"].iloc[0])
+            us = np.maximum(us - s["ops"].to_numpy() * dispatch_us, MIN_TABLE_US)
+            src += f" (perf_counter around the call) minus its {ops} ops' dispatch ({dispatch_us:.4g} us each)"
+        if section == "attention_gpu":
+            table, filled = _attention_table(s["tokens"].to_numpy(), s["context"].to_numpy(), us)
+            if filled:
+                src += (f"; {filled} cells beyond a context's largest measured token count extrapolated along "
+                        "its row")
+        else:
+            table = kernel_table(s["tokens"], us)
+        draft.d["kernels"].setdefault(section, {})[str(key)] = table
+        draft.note(f"kernels.{section}.{key}", "measured", src)
+
+
+def _attention_table(tokens: np.ndarray, context: np.ndarray, us: np.ndarray) -> tuple[dict[str, list], int]:
+    """An AttentionTable mapping from measured points (rows by context); a context measured at fewer token
+    counts than another (its cache would not fit) is extended along its own row. Returns (table, cells filled)."""
+    from simmoe.engine.costs import kernel_table_us
+    from simmoe.hw.profile import KernelTable
+
+    ctxs = sorted({int(c) for c in context})
+    toks = sorted({int(t) for t in tokens})
+    rows, filled = [], 0
+    for c in ctxs:
+        at = context == c
+        t = KernelTable.model_validate(kernel_table(tokens[at], us[at]))
+        rows.append([max(round(kernel_table_us(t, n), 3), MIN_TABLE_US) if n not in t.tokens
+                     else t.us[t.tokens.index(n)] for n in toks])
+        filled += sum(n not in t.tokens for n in toks)
+    return {"tokens": toks, "context": ctxs, "us": rows}, filled
+
+
 def _fit_calls_group(sub: pd.DataFrame, name: str, fits: Fits, key: tuple[str, str]) -> ExpertCallFit:
     n = _kernels_of(sub["name"])
     f = fit_expert_calls(sub["flops"], sub["bytes"], n, sub["median_us"], name=name)
@@ -379,7 +423,7 @@ def fit_profile(
                        + (list(base.references) if base is not None else []))
     facts = {k: str(v) for k, v in meas.machine.items()}
     facts.update({"measured": ", ".join(s for s in ("host", "kernel_min", "membw", "gemm", "transfer", "gpu_ffn",
-                                                    "cpu_ffn", "overlap") if getattr(meas, s)),
+                                                    "cpu_ffn", "blocks", "overlap") if getattr(meas, s)),
                   "device": device + (" (as the compute device)" if as_device else "")})
     if nthreads:
         facts["threads"] = str(nthreads)
@@ -551,6 +595,7 @@ def _cuda_sections(draft: _Draft, meas: Measurements, df: pd.DataFrame, gpu_ex: 
         draft.note(f"kernels.expert_ffn_gpu.{k}", "measured" if meas.gpu_ffn_timing == "gpu" else "fitted",
                    sources[k])
     draft.d["kernels"]["expert_ffn_gpu"] = tables
+    _block_tables(draft, df, "cuda", None, 0.0)
     if b is not None:
         draft.borrow("gpu.unified_memory")
         draft.borrow("gpu.executes_on_host")
@@ -608,17 +653,24 @@ def _cpu_device_sections(draft: _Draft, meas: Measurements, df: pd.DataFrame, cp
     if "gpu.hbm_gbps" not in draft.prov and hbm is not None:
         draft.put("gpu.hbm_gbps", _sig(hbm), *hbm_how)
     if "cpu.dispatch_us" in figures:
-        draft.put("gpu.kernel_min_us", _sig(figures["cpu.dispatch_us"]), "measured",
-                  "host dispatch row (cpu): the smallest op's whole time, dispatch included")
+        draft.put("gpu.kernel_min_us", 0.0, "assumed",
+                  "the host dispatch row's op (an add of 16 floats) is all dispatch: each op pays it as its launch "
+                  "(host.launch_overhead_us) and has no further minimum")
     draft.put("gpu.unified_memory", False, "assumed",
               "the executor copies experts into its slot pool with memcpy, as over a link")
     draft.put("gpu.executes_on_host", True, "assumed",
               "the CPU is the device: the host thread runs each op itself (torch on the CPU is synchronous)")
-    tabs = dict(draft.d["kernels"].get("expert_ffn_cpu", {}))
-    for k in tabs:
+    # the device's time of a call: the simulator adds the runtime's launches (each the dispatch cost) to it
+    dispatch = figures.get("cpu.dispatch_us", 0.0)
+    tabs = {}
+    for k, s in cpu_ex[cpu_ex["kind"] == "expert_ffn"].groupby("name", sort=False):
+        n = _kernels_of(s["name"])
+        tabs[k] = kernel_table(s["tokens"], np.maximum(s["median_us"].to_numpy() - n * dispatch, MIN_TABLE_US))
         draft.note(f"kernels.expert_ffn_gpu.{k}", "measured",
-                   f"cpu_ffn medians at {threads} threads (perf_counter around the call: dispatch included)")
+                   f"cpu_ffn medians at {threads} threads (perf_counter around the call) minus its {int(n[0])} "
+                   f"ops' dispatch ({dispatch:.4g} us each, the host dispatch row)")
     draft.d["kernels"]["expert_ffn_gpu"] = tabs
+    _block_tables(draft, df, "cpu", threads, dispatch)
 
     for key, fig, what in (("launch_overhead_us", "cpu.dispatch_us", "dispatch"),
                            ("copy_issue_us", "cpu.copy_issue_us", "copy_issue"), ("sync_us", "cpu.sync_us", "sync")):

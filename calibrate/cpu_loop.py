@@ -42,7 +42,7 @@ def calibrate_cpu(trace: Trace, out: Path, threads: int = 1) -> Path:
     return yaml_path
 
 
-def run_loop(trace: Trace, profile: Path, *, repeats: int = 3, batches=(1, 4), max_requests: int = 4,
+def run_loop(trace: Trace, profile: Path, *, repeats: int = 5, batches=(1, 4), max_requests: int = 4,
              threads: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per configuration and batch: measured median and spread, simulated, error; the per-step table
     of the first repetition)."""
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m simmoe.calibrate.cpu_loop", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", metavar="DIR", help="write cpu.md, cpu.csv, cpu-steps.csv and the fitted profile here")
     p.add_argument("--trace", default=str(DEFAULT_TRACE))
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--max-requests", type=int, default=4)
     args = p.parse_args(argv)
     from simmoe.calibrate.machine import machine_facts
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = read_trace(args.trace)
     with tempfile.TemporaryDirectory(prefix="simmoe-cpu-loop-") as tmp:
         where = Path(args.out) if args.out else Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
         profile = calibrate_cpu(trace, where)
         df, steps = run_loop(trace, profile, repeats=args.repeats, max_requests=args.max_requests)
         facts = machine_facts("cpu", 1)

@@ -21,6 +21,8 @@ Each row has the columns `COLUMNS` (measurements.COLUMNS); `kind` says what was 
     expert_ffn  one expert of a model's shape (name = shape key; tokens, flops, bytes = weight bytes;
                 threads on the CPU, where each thread count asked for gets its own rows)
     expert_probe  the same at a quarter of the width: separates per-call overhead from bandwidth in the fit
+    block       a dense block of a model (calibrate/blocks.py; name = its kernel-table key; tokens, context,
+                ops = the eager ops it dispatches)
     overlap     copy alone, compute alone, both on two streams; d2h alone, h2d + d2h together
 
 `measurements.from_frame` turns the rows into the measurements file `simmoe calibrate --from` reads.
@@ -29,7 +31,6 @@ Each row has the columns `COLUMNS` (measurements.COLUMNS); `kind` says what was 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from simmoe.calibrate import compute_dtype, shape_key
+from simmoe.calibrate.blocks import weight_copies
 from simmoe.calibrate.measurements import COLUMNS  # noqa: F401 - the rows' columns, re-exported
 from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
 
@@ -58,6 +60,9 @@ METHOD = {
                "parked on a spin kernel first, so the time is the GPU's only (gpu_ffn_timing: gpu); probe rows: "
                "a quarter of the width, to separate the per-call overhead from the bandwidth",
     "cpu_ffn": "the same experts on the CPU with torch at each thread count; perf_counter around the call",
+    "block": "a dense block of the model (calibrate/blocks.py: attention, router, head, gather) in eager "
+             "PyTorch at each token count, weights rotating like the experts'; cuda: CUDA events with the stream "
+             "parked first (GPU time only); cpu: perf_counter around the call; ops = the eager ops it dispatches",
     "overlap": "an H2D copy (pinned) on a second stream while square bf16 matmuls run on the compute stream: "
                "the copy alone, the matmuls alone (compute_s), both together; a D2H copy alone and H2D + D2H "
                "on two streams",
@@ -82,6 +87,7 @@ class Settings:
     max_call_s: float = 5.0  # stop growing the token count once one call takes this long
     launch_n: int = 2000  # launches per host-cost repetition
     rotate_bytes: int = 256 * MIB  # expert weight copies rotate over at least this many bytes
+    many_reps: int = 400  # repetitions of an expert or block point (fewer when point_budget_s runs out)
     membw_bytes: int = 256 * MIB
     cpu_gemm_n: int = 2048
     gpu_gemm_n: int = 8192
@@ -108,7 +114,7 @@ def _settings(quick: bool, llc_bytes: int, gpu_l2_bytes: int, memory_bytes: int)
             quick=True,
             copy_sizes=(4 * KIB, 64 * KIB, MIB, 16 * MIB, 64 * MIB),
             tokens=(1, 2, 4, 8, 16, 32, 64),
-            warmup=1, reps=5, min_reps=3, point_budget_s=0.25, max_call_s=0.5, launch_n=300,
+            warmup=1, reps=5, min_reps=3, point_budget_s=0.25, max_call_s=0.5, launch_n=300, many_reps=40,
             rotate_bytes=min(max(64 * MIB, 2 * cache), cap), membw_bytes=min(max(64 * MIB, 2 * cache), cap),
             cpu_gemm_n=512, gpu_gemm_n=4096, overlap_bytes=16 * MIB,
         )
@@ -170,12 +176,13 @@ def expert_shapes(models: Sequence[ModelSpec]) -> list[ExpertShape]:
 
 def _row(kind: str, device: str, name: str, times_us: Sequence[float], *, dtype: str = "",
          size_bytes: int = 0, tokens: int = 0, flops: float = 0.0, nbytes: float = 0.0, threads: int = 0,
-         model: str = "") -> Row:
+         model: str = "", context: int = 0, ops: int = 0) -> Row:
     t = np.asarray(times_us, dtype=float)
     return {"kind": kind, "device": device, "name": name, "dtype": dtype, "size_bytes": int(size_bytes),
             "tokens": int(tokens), "flops": float(flops), "bytes": float(nbytes),
             "median_us": float(np.median(t)), "min_us": float(t.min()), "max_us": float(t.max()),
-            "reps": int(len(t)), "threads": int(threads), "model": model}
+            "reps": int(len(t)), "threads": int(threads), "model": model, "context": int(context),
+            "ops": int(ops)}
 
 
 def _torch_dtype(name: str) -> Any:
@@ -262,7 +269,7 @@ def _measure_expert(shape: ExpertShape, device: str, st: Settings, tokens: Seque
                     name: str, threads: int = 0) -> list[Row]:
     import torch
 
-    copies = max(1, min(32, math.ceil(st.rotate_bytes / shape.weight_bytes)))
+    copies = weight_copies(shape.weight_bytes, st.rotate_bytes)
     weights = _expert_weights(shape, device, copies)
     fn = _expert_fn(shape.activation)
     dt = _torch_dtype(shape.dtype)
@@ -279,11 +286,34 @@ def _measure_expert(shape: ExpertShape, device: str, st: Settings, tokens: Seque
             def call(i: int, x: Any = x) -> object:
                 return fn(x, weights[i % copies])
 
-            times = time_cuda(call, st) if device == "cuda" else time_host(call, st)
+            times = time_cuda(call, st, st.many_reps) if device == "cuda" else time_host(call, st, st.many_reps)
             rows.append(_row(kind, device, name, times, dtype=shape.dtype, tokens=n, flops=shape.flops(n),
                              nbytes=shape.weight_bytes, threads=threads, model=",".join(shape.models)))
             if float(np.median(times)) > st.max_call_s * 1e6:
                 break  # larger token counts extrapolate from the table's slope
+    return rows
+
+
+# ---- blocks of the dense part ---------------------------------------------------------------------------
+def _measure_blocks(spec: ModelSpec, device: str, st: Settings, threads: int = 0) -> list[Row]:
+    """Every block of calibrate/blocks.py at the expert sweep's token counts (attention up to its cap)."""
+    import torch
+
+    from simmoe.calibrate.blocks import MAX_CACHED_TOKENS, blocks_of
+
+    rows = []
+    with torch.inference_mode():
+        for b in blocks_of(spec, device, st.rotate_bytes):
+            for ctx in b.contexts:
+                for n in st.tokens:
+                    if n * ctx > MAX_CACHED_TOKENS and n > st.tokens[0]:
+                        break
+                    fn = b.make(n, ctx)
+                    times = time_cuda(fn, st, st.many_reps) if device == "cuda" else time_host(fn, st, st.many_reps)
+                    rows.append(_row("block", device, b.key, times, dtype=b.key.rsplit(":", 1)[1], tokens=n,
+                                     threads=threads, model=spec.name, context=ctx, ops=b.ops))
+                    if float(np.median(times)) > st.max_call_s * 1e6:
+                        break
     return rows
 
 
@@ -296,10 +326,11 @@ def set_cpu_threads(threads: int) -> None:
 
 
 def plan_cpu(models: Sequence[ModelSpec], st: Settings, threads: Sequence[int] | int,
-             memory_bytes: int = 0, memcpy: bool = True) -> list[Step]:
+             memory_bytes: int = 0, memcpy: bool = True, blocks: bool = False) -> list[Step]:
     """CPU steps: per-op dispatch, copy-issue and sync costs, memory bandwidth, GEMM peak, memcpy time vs size
     (the link of the CPU as a device; left out with `memcpy=False`, when a GPU's copies are measured) at the
-    first thread count; expert FFN per shape (+ its probe) at every thread count in `threads`."""
+    first thread count; expert FFN per shape (+ its probe) at every thread count in `threads`; with `blocks`
+    (the CPU as the compute device) each model's dense blocks at the first thread count."""
     counts = [threads] if isinstance(threads, int) else list(dict.fromkeys(threads))
     t0 = counts[0]
     shapes = expert_shapes(models)
@@ -385,13 +416,34 @@ def plan_cpu(models: Sequence[ModelSpec], st: Settings, threads: Sequence[int] |
         for s in shapes:
             steps.append(Step(f"cpu expert {s.key} (probe), {n} threads", expert(s, True, n)))
             steps.append(Step(f"cpu expert {s.key}, {n} threads", expert(s, False, n)))
+    if blocks:
+        for m in _distinct(models):
+            steps.append(Step(f"cpu dense blocks of {m.name}", _on_cpu(m, st, t0)))
     return steps
+
+
+def _distinct(models: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """One model per distinct set of block keys (models of one shape share their tables)."""
+    from simmoe.hw.kernel_keys import attention_key, head_key, router_key
+
+    seen: dict[tuple, ModelSpec] = {}
+    for m in models:
+        seen.setdefault((attention_key(m), router_key(m), head_key(m)), m)
+    return list(seen.values())
+
+
+def _on_cpu(spec: ModelSpec, st: Settings, threads: int) -> Callable[[], list[Row]]:
+    def run() -> list[Row]:
+        set_cpu_threads(threads)
+        return _measure_blocks(spec, "cpu", st, threads)
+
+    return run
 
 
 # ---- GPU ------------------------------------------------------------------------------------------------
 def plan_gpu(models: Sequence[ModelSpec], st: Settings) -> list[Step]:
     """GPU steps: host launch / copy-issue / sync costs, PCIe copies, GEMM peak, HBM bandwidth, expert FFN per
-    shape (+ probe), copy/compute and H2D/D2H overlap."""
+    shape (+ probe), each model's dense blocks, copy/compute and H2D/D2H overlap."""
     shapes = expert_shapes(models)
     dtypes = list(dict.fromkeys(s.dtype for s in shapes))
 
@@ -541,6 +593,8 @@ def plan_gpu(models: Sequence[ModelSpec], st: Settings) -> list[Step]:
     for s in shapes:
         steps.append(Step(f"gpu expert {s.key} (probe)", expert(s, True)))
         steps.append(Step(f"gpu expert {s.key}", expert(s, False)))
+    for m in _distinct(models):
+        steps.append(Step(f"gpu dense blocks of {m.name}", lambda m=m: _measure_blocks(m, "cuda", st)))
     steps.append(Step("gpu copy/compute overlap", overlap))
     return steps
 

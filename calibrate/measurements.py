@@ -15,6 +15,7 @@ Sections (all optional except `machine`; at least one of transfer, gpu_ffn, cpu_
     membw, gemm       a large device copy (bytes read + written) and a large square matmul, per device
     transfer          copy time vs size, pinned or pageable, h2d_s / d2h_s (memcpy on a CPU device)
     gpu_ffn, cpu_ffn  one routed expert's FFN time vs tokens, per shape and dtype (cpu_ffn: per thread count)
+    blocks            a model's dense blocks (attention, router, head, gather) vs tokens, keyed as kernel tables
     overlap           an H2D copy alone, compute alone and both on two streams (and optionally D2H, H2D + D2H)
 
 This module only reads, checks, converts and writes; it needs neither torch nor SciPy.
@@ -46,7 +47,7 @@ Seconds = Annotated[float, Field(gt=0)]
 
 # Columns of the rows the fits work on (one row per measured point; times in microseconds).
 COLUMNS = ["kind", "device", "name", "dtype", "size_bytes", "tokens", "flops", "bytes", "median_us", "min_us",
-           "max_us", "reps", "threads", "model"]
+           "max_us", "reps", "threads", "model", "context", "ops"]
 COPY_KINDS = ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable")
 
 
@@ -139,6 +140,30 @@ class CpuFfnRow(_Ffn):
     probe: bool = False
 
 
+# a block's kernel-table key (sim/hw/kernel_keys.py): its kind, its shape, its dtype
+BLOCK_KEY = r"^(attn:\d+x\d+x\d+x\d+|router:\d+x\d+x\d+|head:\d+x\d+|gather:\d+):(bf16|fp16|fp32)$"
+BLOCK_TABLES = {"attn": "attention_gpu", "router": "router_gpu", "head": "head_gpu", "gather": "gather_gpu"}
+
+
+class BlockRow(_Strict):
+    """One dense block of a model (calibrate/blocks.py) at one token count."""
+
+    device: Device
+    key: Annotated[str, Field(pattern=BLOCK_KEY)]
+    model: str = ""
+    tokens: Count
+    context: Annotated[int, Field(ge=0)] = 0  # attention: cached tokens per sequence
+    ops: Count  # eager ops the block dispatches (a CPU device's tables take each one's dispatch out)
+    threads: Count | None = None  # cpu
+    time_s: Stat
+
+    @model_validator(mode="after")
+    def _context_of_attention(self) -> BlockRow:
+        if self.key.startswith("attn:") != (self.context > 0):
+            raise ValueError("attention blocks need a context (cached tokens per sequence), other blocks have none")
+        return self
+
+
 class Overlap(_Strict):
     bytes: Count  # of the H2D copy (pinned), on a second stream
     copy_s: Stat  # the copy alone
@@ -169,6 +194,7 @@ class Measurements(_Strict):
     transfer: list[TransferRow] = []
     gpu_ffn: list[GpuFfnRow] = []
     cpu_ffn: list[CpuFfnRow] = []
+    blocks: list[BlockRow] = []
     overlap: Overlap | None = None
 
     @model_validator(mode="after")
@@ -185,6 +211,8 @@ class Measurements(_Strict):
         _unique("cpu_ffn", ((r.model, r.d_model, r.d_ff, r.activation, r.dt, r.tokens, r.threads, r.probe)
                             for r in self.cpu_ffn), "model, shape, dtype, tokens, threads and probe")
         _unique("host", ((r.device, r.op) for r in self.host), "device and op")
+        _unique("blocks", ((r.device, r.key, r.tokens, r.context, r.threads) for r in self.blocks),
+                "device, key, tokens, context and threads")
         return self
 
     @property
@@ -288,12 +316,12 @@ def _expert_row(device: str, d_model: int, d_ff: int, act: str, dt: str, tokens:
     return {"kind": "expert_probe" if probe else "expert_ffn", "device": device,
             "name": shape_key(d_model, d_ff, act, dt), "dtype": dt, "size_bytes": 0, "tokens": tokens,
             "flops": 2.0 * m * d_model * d_ff * tokens, "bytes": float(m * d_model * d_ff * DTYPE_BYTES[dt]),
-            **st.us(), "threads": threads, "model": model}
+            **st.us(), "threads": threads, "model": model, "context": 0, "ops": 0}
 
 
 def _row(kind: str, device: str, name: str, st: Stat, **kw: Any) -> dict[str, Any]:
     row = {"kind": kind, "device": device, "name": name, "dtype": "", "size_bytes": 0, "tokens": 0, "flops": 0.0,
-           "bytes": 0.0, **st.us(), "threads": 0, "model": ""}
+           "bytes": 0.0, **st.us(), "threads": 0, "model": "", "context": 0, "ops": 0}
     row.update(kw)
     return row
 
@@ -318,6 +346,8 @@ def to_frame(meas: Measurements) -> pd.DataFrame:
     for r in meas.cpu_ffn:
         d, f, a = _cpu_shape(r, "cpu_ffn", "measurements")
         rows.append(_expert_row("cpu", d, f, a, r.dt, r.tokens, r.time_s, r.probe, r.threads, r.model))
+    rows += [_row("block", r.device, r.key, r.time_s, dtype=r.key.rsplit(":", 1)[1], tokens=r.tokens,
+                  threads=r.threads or 0, model=r.model, context=r.context, ops=r.ops) for r in meas.blocks]
     ov = meas.overlap
     if ov is not None:
         comp = ov.compute20_s or ov.compute_s
@@ -345,7 +375,7 @@ def _stat(r: pd.Series) -> dict[str, Any]:
 def from_frame(df: pd.DataFrame, *, device: str, machine: dict[str, Any], method: dict[str, str]) -> Measurements:
     """The measurements file of rows `calibrate/measure.py` took on this machine (the inverse of to_frame)."""
     data: dict[str, Any] = {"machine": machine, "method": method, "device": device, "host": [], "membw": [],
-                            "gemm": [], "gpu_ffn": [], "cpu_ffn": []}
+                            "gemm": [], "gpu_ffn": [], "cpu_ffn": [], "blocks": []}
     if device == "cuda":
         data["gpu_ffn_timing"] = "gpu"  # measure.py parks the stream on a spin kernel: GPU time only
     transfer: dict[tuple[int, bool], dict[str, Any]] = {}
@@ -378,6 +408,15 @@ def from_frame(df: pd.DataFrame, *, device: str, machine: dict[str, Any], method
             if kind == "expert_probe":
                 row["probe"] = True
             data["gpu_ffn" if dev == "cuda" else "cpu_ffn"].append(row)
+        elif kind == "block":
+            block: dict[str, Any] = {"device": dev, "key": str(r["name"]), "model": str(r["model"] or ""),
+                                     "tokens": int(r["tokens"]), "ops": int(r["ops"])}
+            if int(r["context"]):
+                block["context"] = int(r["context"])
+            if dev == "cpu":
+                block["threads"] = int(r["threads"])
+            block["time_s"] = _stat(r)
+            data["blocks"].append(block)
         elif kind == "overlap":
             ov[str(r["name"])] = r
     if ov:

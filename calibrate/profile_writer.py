@@ -71,7 +71,8 @@ def run_calibration(
                           gpu_l2_bytes=measure.gpu_l2_bytes() if device == "cuda" else 0,
                           memory_bytes=mem, max_tokens=max_tokens)
     steps = (measure.plan_gpu(specs, st) if device == "cuda" else [])
-    steps += measure.plan_cpu(specs, st, counts, mem, memcpy=device == "cpu")  # a GPU host times its own copies
+    # a GPU host times its own copies; the CPU's dense blocks only matter where it is the device
+    steps += measure.plan_cpu(specs, st, counts, mem, memcpy=device == "cpu", blocks=as_device)
     rows: list[dict[str, Any]] = []
     saved_threads = torch.get_num_threads()
     try:
@@ -99,7 +100,8 @@ def run_calibration(
     facts["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     facts["calibrate_mode"] = "quick" if quick else "full"
     method = {k: v for k, v in measure.METHOD.items()
-              if device == "cuda" or k in ("host", "membw", "gemm", "transfer", "cpu_ffn")}
+              if device == "cuda" or k in ("host", "membw", "gemm", "transfer", "cpu_ffn")
+              or (k == "block" and as_device)}
     meas = from_frame(df, device=device, machine=facts, method=method)
     return fit_profile(meas, name=name, base=base, base_label=base_label, as_device=as_device, threads=counts[0],
                        source="the measurements")

@@ -209,8 +209,18 @@ def test_calibrate_cli_cpu_as_device_with_thread_tables_and_from(simmoe_cli, tmp
     p = load_profile(out)
     key = "2048x1024xswiglu:bf16"
     assert "(CPU as the compute device)" in p.gpu.name and p.gpu.sm_count is None
-    assert p.kernels.expert_ffn_gpu[key] == p.kernels.expert_ffn_cpu[key]
-    assert p.host.launch_overhead_us == p.gpu.kernel_min_us > 0  # the dispatch cost of one op
+    # the device's time of a call is the call's minus its 5 ops' dispatch: the simulator adds the launches
+    L = p.host.launch_overhead_us
+    assert L > 0 and p.gpu.kernel_min_us == 0  # each op pays the dispatch as its launch
+    dev, cpu = p.kernels.expert_ffn_gpu[key], p.kernels.expert_ffn_cpu[key]
+    assert dev.tokens == cpu.tokens
+    assert dev.us == pytest.approx([max(c - 5 * L, 0.01) for c in cpu.us], rel=1e-5, abs=5e-3)
+    # the dense blocks of the model, each with its origin
+    k = p.kernels
+    assert list(k.attention_gpu) == ["attn:2048x16x16x128:bf16"] and k.attention_gpu["attn:2048x16x16x128:bf16"].context
+    assert list(k.router_gpu) == ["router:2048x64x8:bf16"] and list(k.head_gpu) == ["head:2048x50304:bf16"]
+    assert list(k.gather_gpu) == ["gather:2048:bf16"] and k.gather_gpu["gather:2048:bf16"].tokens == [1, 2, 4]
+    assert "minus its 11 ops' dispatch" in p.calibration.provenance["kernels.attention_gpu.attn:2048x16x16x128:bf16"].source
     assert p.host.copy_issue_us > 0 and p.host.sync_us > 0
     assert set(p.pcie.copy_tables) == {"h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"}
     assert p.pcie.copy_tables["h2d_pinned"] == p.pcie.copy_tables["h2d_pageable"]

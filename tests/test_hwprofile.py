@@ -437,3 +437,19 @@ def test_cli_hw_show_unknown_name_and_missing_file(simmoe_cli, tmp_path):
     assert_clean_error(simmoe_cli("hw", "show", "rtx9090"), "rtx9090", "no such hardware profile")
     missing = tmp_path / "nope.yaml"
     assert_clean_error(simmoe_cli("hw", "show", str(missing)), str(missing), "not found")
+
+
+def test_attention_table_checked(tmp_path):
+    d = _base()
+    key = "attn:4096x32x8x128:bf16"
+    d["kernels"] = {"attention_gpu": {key: {"tokens": [1, 4], "context": [32, 128], "us": [[1.0, 2.0]]}}}
+    e = _error(_write(tmp_path, d))
+    assert e.field.startswith("kernels.attention_gpu") and "one row per context" in e.message
+    d["kernels"]["attention_gpu"][key]["us"] = [[1.0, 2.0], [3.0, 4.0]]
+    d["kernels"]["attention_gpu"][key]["context"] = [128, 32]
+    assert "context must be strictly increasing" in _error(_write(tmp_path, d)).message
+    d["kernels"]["attention_gpu"][key]["context"] = [32, 128]
+    p = load_profile(_write(tmp_path, d))
+    assert p.kernels.attention_gpu[key].us == [[1.0, 2.0], [3.0, 4.0]]
+    d["kernels"]["router_gpu"] = {"router:4096x8x2:bf16": {"tokens": [1], "us": [1.0], "context": [32]}}
+    assert _error(_write(tmp_path, d)).field.startswith("kernels.router_gpu")  # no context outside attention

@@ -14,9 +14,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from simmoe.hw.kernel_keys import compute_dtype
+from simmoe.hw.kernel_keys import attention_key, compute_dtype, gather_key, head_key, router_key
 from simmoe.hw.kernel_keys import shape_key as _shape_key
-from simmoe.hw.profile import CopyTable, HwProfile, KernelTable
+from simmoe.hw.profile import AttentionTable, CopyTable, HwProfile, KernelTable
 from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
 from simmoe.runtime.formats import get_format
 from simmoe.runtime.profile import RuntimeProfile
@@ -31,12 +31,28 @@ def shape_key(spec: ModelSpec, dtype: str | None = None) -> str:
 
 
 def kernel_table_us(table: KernelTable, tokens: int) -> float:
-    x = np.asarray(table.tokens, dtype=float)
-    y = np.asarray(table.us, dtype=float)
+    return _by_tokens(table.tokens, table.us, tokens)
+
+
+def _by_tokens(tokens_at: list[int], us: list[float], tokens: int) -> float:
+    x = np.asarray(tokens_at, dtype=float)
+    y = np.asarray(us, dtype=float)
     if tokens <= x[-1] or len(x) == 1:
         return float(np.interp(tokens, x, y))
     slope = (y[-1] - y[-2]) / (x[-1] - x[-2])  # extrapolate linearly beyond the last measurement
     return float(y[-1] + slope * (tokens - x[-1]))
+
+
+def attention_table_us(table: AttentionTable, tokens: int, context: float) -> float:
+    """An attention table at `tokens` new tokens attending to `context` cached tokens each (on average)."""
+    rows = [_by_tokens(table.tokens, r, tokens) for r in table.us]
+    c = table.context
+    if len(c) == 1 or context <= c[0]:
+        return rows[0]
+    if context <= c[-1]:
+        return float(np.interp(context, c, rows))
+    slope = max((rows[-1] - rows[-2]) / (c[-1] - c[-2]), 0.0)  # a longer context never takes less time
+    return rows[-1] + slope * (context - c[-1])
 
 
 def copy_table_us(table: CopyTable, nbytes: float) -> float:
@@ -77,6 +93,12 @@ class CostModel:
         k = hw.kernels
         self._gpu_table = next((k.expert_ffn_gpu[x] for x in keys if x in k.expert_ffn_gpu), None)
         self._cpu_table = next((k.expert_ffn_cpu[x] for x in keys if x in k.expert_ffn_cpu), None)
+        # measured blocks of the dense part (calibrated profiles); None: the roofline estimates the block
+        akey = attention_key(spec)
+        self._attn_table = k.attention_gpu.get(akey) if akey else None
+        self._router_table = k.router_gpu.get(router_key(spec))
+        self._head_table = k.head_gpu.get(head_key(spec))
+        self._gather_table = k.gather_gpu.get(gather_key(spec))
         self.expert_bytes = spec.expert_bytes()
         # bytes a kernel reads per weight: the runtime's formats, else the stored size
         w = runtime.weights
@@ -140,6 +162,8 @@ class CostModel:
     def attention_us(self, tokens: int, context_tokens: int) -> float:
         """Attention block of one layer: projections over `tokens` new tokens, reading `context_tokens` of KV
         (summed over the sequences in the step)."""
+        if self._attn_table is not None:  # measured: by the cached tokens each new token attends to
+            return attention_table_us(self._attn_table, tokens, context_tokens / max(tokens, 1))
         s = self.spec
         kv_layer = s.kv_bytes_per_token() / s.num_layers
         nbytes = s.attn_params * self._dense_read + context_tokens * kv_layer
@@ -147,6 +171,8 @@ class CostModel:
         return self.gpu_roofline_us(flops, nbytes, self.kernels.per_attention)
 
     def router_us(self, tokens: int) -> float:
+        if self._router_table is not None:
+            return kernel_table_us(self._router_table, tokens)
         s = self.spec
         return self.gpu_roofline_us(2.0 * s.router_params * tokens,
                                     s.router_params * BYTES_PER_PARAM[s.dtype], self.kernels.per_router)
@@ -160,9 +186,18 @@ class CostModel:
 
     def step_extra_us(self, tokens: int) -> float:
         """Embedding, final norm, lm_head and sampling of one step (lm_head on the sampled rows only)."""
+        if self._head_table is not None:
+            return kernel_table_us(self._head_table, tokens)
         s = self.spec
         p = s.vocab_size * s.d_model
         return self.gpu_roofline_us(2.0 * p * tokens, p * BYTES_PER_PARAM[s.dtype], self.kernels.per_step)
+
+    def gather_each_us(self, tokens: int, kernels: int) -> float:
+        """Each of the `kernels` kernels of an eager expert call's gather, gate weighting and scatter-add around
+        its FFN, for the `tokens` tokens routed to it (the roofline: each moves their activations once)."""
+        if self._gather_table is not None:
+            return kernel_table_us(self._gather_table, tokens) / kernels
+        return self.gpu_roofline_us(0.0, 2 * self.activation_bytes(tokens))
 
     # ---- CPU ---------------------------------------------------------------------------------------------
     def _expert_cpu_us(self, tokens: int) -> float:

@@ -94,7 +94,10 @@ class StepTiming:
     def dense_costs(self, step: Step) -> DenseCosts:
         sc = self.sc
         tokens = len(step.rows)
-        ctx_tokens = int((sc.ri.position[step.rows] + 1).sum())
+        ctx = sc.ri.position[step.rows] + 1
+        # KV tokens the step's attention reads: a padded batch reads the longest sequence's for every one
+        ctx_tokens = int(ctx.max()) * tokens if self.rk.attention == "padded" and step.kind == DECODE \
+            else int(ctx.sum())
         sampled = len(step.requests) if step.kind == DECODE else 1
         d = self._dense.get((tokens, ctx_tokens, sampled))
         if d is None:
@@ -224,7 +227,7 @@ class StepTiming:
                 each = self._each(nt, wb)
             if kpe != loop:  # then the gather and scatter kernels: each moves the expert's tokens' activations
                 last[buf] = tl.kernels(loop, each, after=dep, name=f"L{li} e{e}" if rec else "", cat="expert")
-                move = self.sc.costs.gpu_roofline_us(0.0, 2 * self.sc.costs.activation_bytes(nt))
+                move = self.sc.costs.gather_each_us(nt, kpe - loop)
                 last[buf] = tl.kernels(kpe - loop, move, name=f"L{li} e{e} gather/scatter" if rec else "",
                                        cat="expert")
             else:

@@ -154,11 +154,39 @@ class KernelTable(_Strict):
         return self
 
 
+class AttentionTable(_Strict):
+    """Measured time of an attention block over token counts (columns) and cached tokens per new token (rows:
+    `context`), interpolated linearly in both; beyond the last context it grows at the last two rows' rate."""
+
+    tokens: list[Annotated[int, Field(ge=1)]]
+    context: list[Annotated[int, Field(ge=1)]]
+    us: list[list[Pos]]  # one row per context, one column per token count
+
+    @model_validator(mode="after")
+    def _check(self) -> AttentionTable:
+        if not self.tokens or not self.context:
+            raise ValueError("tokens and context must be non-empty")
+        for name in ("tokens", "context"):
+            v = getattr(self, name)
+            if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+                raise ValueError(f"{name} must be strictly increasing")
+        if len(self.us) != len(self.context) or any(len(r) != len(self.tokens) for r in self.us):
+            raise ValueError("us needs one row per context, each with one time per token count")
+        return self
+
+
 class KernelTables(_Strict):
-    """Calibrated kernel times keyed by expert shape 'd_model x d_ff x activation : dtype'."""
+    """Calibrated kernel times. Expert tables are keyed by expert shape 'd_model x d_ff x activation : dtype';
+    the blocks of the dense part by the keys of sim/hw/kernel_keys.py ('attn:...', 'router:...', 'head:...',
+    'gather:...'). A table is the device's time (the host's launches are the runtime's and modelled apart)
+    of all of the block's kernels together, and replaces the block's roofline estimate."""
 
     expert_ffn_gpu: dict[str, KernelTable] = {}
     expert_ffn_cpu: dict[str, KernelTable] = {}
+    attention_gpu: dict[str, AttentionTable] = {}  # pre-norm, projections, KV write and read, attention, residual
+    router_gpu: dict[str, KernelTable] = {}  # post-attention norm, gate, softmax, top-k
+    head_gpu: dict[str, KernelTable] = {}  # final norm, lm_head, argmax (tokens: the sampled rows)
+    gather_gpu: dict[str, KernelTable] = {}  # an eager expert's gather, gate weighting and scatter-add
 
 
 class FigureOrigin(_Strict):

@@ -72,6 +72,9 @@ class RuntimeKernels(_Strict):
     per_moe_layer: Count = 0
     per_dense_ffn: Count = 4  # a dense FFN or shared-experts block
     per_step: Count = 6  # embedding, final norm, lm_head, sampling
+    # the KV a decode step's attention reads: each sequence its own (ragged: paged attention, varlen kernels),
+    # or every sequence padded to the batch's longest under a mask (a padded batch, as HF generate runs one)
+    attention: Literal["ragged", "padded"] = "ragged"
 
     @model_validator(mode="after")
     def _loop_or_fused(self) -> RuntimeKernels:
