@@ -338,10 +338,14 @@ class SystemPolicy(Policy):
 
     kind: ClassVar[Kind] = "system"
     runtime: ClassVar[str | None] = None
+    # a system without options of its own: the PolicySet fields it always expands to
+    composition: ClassVar[dict[str, Any] | None] = None
 
     @classmethod
-    def expand(cls, options: Options) -> PolicySet:  # pragma: no cover - interface
-        raise NotImplementedError
+    def expand(cls, options: Options) -> PolicySet:
+        if cls.composition is None:  # pragma: no cover - interface
+            raise NotImplementedError
+        return PolicySet(**cls.composition)
 
 
 class CacheSize(Options):

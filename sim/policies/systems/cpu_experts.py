@@ -3,15 +3,11 @@ shared experts on the GPU; only activations cross PCIe."""
 
 from __future__ import annotations
 
-from simmoe.policies.base import Options, PolicySet, SystemPolicy
+from simmoe.policies.base import SystemPolicy
 
 
 class CpuExperts(SystemPolicy):
     name = "cpu-experts"
     summary = "routed experts on the CPU, attention and shared experts on the GPU (kTransformers, llama.cpp --cpu-moe)"
     reference = "kTransformers; llama.cpp --cpu-moe"
-    Options = Options
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        return PolicySet(cache="ondemand", placement="cpu")
+    composition = {"cache": "ondemand", "placement": "cpu"}

@@ -36,11 +36,7 @@ class HfAccelerate(SystemPolicy):
     summary = "accelerate device_map offload: every called expert copied at use, nothing kept"
     reference = "huggingface/accelerate AlignDevicesHook"
     runtime = "hf-accelerate"
-    Options = Options
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        return PolicySet(cache="ondemand")
+    composition = {"cache": "ondemand"}
 
 
 class DeepSpeedZero3(SystemPolicy):
@@ -48,11 +44,7 @@ class DeepSpeedZero3(SystemPolicy):
     summary = "ZeRO-3 inference with parameter offload: every expert of each MoE block gathered each step"
     reference = "microsoft/DeepSpeed ZeRO-Inference; DeepSpeed-MII"
     runtime = "deepspeed-zero3"
-    Options = Options
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        return PolicySet(cache="ondemand")
+    composition = {"cache": "ondemand"}
 
 
 class LlamaCppOptions(Options):
@@ -76,11 +68,7 @@ class Vllm(SystemPolicy):
     summary = "vLLM: every expert resident, fused MoE kernels, CUDA graphs for decode"
     reference = "vllm-project/vllm fused_moe"
     runtime = "vllm"
-    Options = Options
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        return PolicySet(cache="resident")
+    composition = {"cache": "resident"}
 
 
 class KTransformers(SystemPolicy):
@@ -88,11 +76,7 @@ class KTransformers(SystemPolicy):
     summary = "kTransformers: every routed expert on the CPU, attention and shared experts on the GPU"
     reference = "kvcache-ai/ktransformers"
     runtime = "ktransformers"
-    Options = Options
-
-    @classmethod
-    def expand(cls, options) -> PolicySet:
-        return PolicySet(cache="ondemand", placement="cpu")
+    composition = {"cache": "ondemand", "placement": "cpu"}
 
 
 class FiddlerOptions(CacheSize):
