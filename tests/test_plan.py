@@ -12,8 +12,8 @@ from conftest import assert_clean_error, random_trace
 
 from simmoe.errors import InputError
 from simmoe.hw.profile import load_profile
-from simmoe.plan import closest_infeasible, evaluate, pareto, parse_slo, ranked
-from simmoe.sweep import load_results
+from simmoe.planning import closest_infeasible, evaluate, pareto, parse_slo, ranked
+from simmoe.sweeps import load_results
 from simmoe.trace.format import write_trace
 
 

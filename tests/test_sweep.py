@@ -9,8 +9,8 @@ import pytest
 from conftest import assert_clean_error, random_trace
 
 from simmoe.errors import InputError
-from simmoe.sweep import expand, load_results, load_spec, run_sweep
-from simmoe.sweep.store import partial_path
+from simmoe.sweeps import expand, load_results, load_spec, run_sweep
+from simmoe.sweeps.store import partial_path
 from simmoe.trace.format import write_trace
 
 VOLATILE = ["run_s", "wall_s"]  # the simulator's own run times differ between runs
@@ -60,7 +60,7 @@ def test_key_covers_trace_contents(tmp_path):
     write_trace(random_trace(rows=16, layers=2, experts=4, k=1, seed=0), p)
     k1 = expand({"trace": str(p), "base": {"hw": "rtx3090"}}, "s", tmp_path).configs[0].key
     write_trace(random_trace(rows=16, layers=2, experts=4, k=1, seed=1), p)
-    from simmoe.sweep.spec import _digest
+    from simmoe.sweeps.spec import _digest
 
     _digest.cache_clear()
     k2 = expand({"trace": str(p), "base": {"hw": "rtx3090"}}, "s", tmp_path).configs[0].key

@@ -18,9 +18,9 @@ from conftest import assert_clean_error, random_trace, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simmoe.sweep import expand, load_results, run_sweep
-from simmoe.sweep import store as store_mod
-from simmoe.sweep.store import ResultStore, partial_path
+from simmoe.sweeps import expand, load_results, run_sweep
+from simmoe.sweeps import store as store_mod
+from simmoe.sweeps.store import ResultStore, partial_path
 from simmoe.trace.format import write_trace
 
 VOLATILE = ["run_s", "wall_s"]  # the simulator's own run times differ between runs

@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     from simmoe.errors import InputError
     from simmoe.fileio import check_output
-    from simmoe.plan import _csv, closest_infeasible, label, parse_slo, plan, plot, ranked
-    from simmoe.sweep.store import check_out
+    from simmoe.planning import _csv, closest_infeasible, label, parse_slo, plan, plot, ranked
+    from simmoe.sweeps.store import check_out
 
     slos = [parse_slo(s) for s in args.slo]
     if args.top < 1:

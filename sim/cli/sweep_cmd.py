@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="run a grid of replays (hw x policy x settings) into a results table",
         description="Run every configuration of a sweep spec (YAML: trace, base, grid, cases; see "
-                    "simmoe.sweep.spec) and write one row per configuration. Results are appended as they "
+                    "simmoe.sweeps.spec) and write one row per configuration. Results are appended as they "
                     "finish; re-running the same command skips configurations already done. A configuration "
                     "with bad values (e.g. a cache that does not fit) is recorded with its error.")
     p.add_argument("spec", help="sweep spec YAML")
@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from simmoe.errors import InputError
-    from simmoe.sweep.runner import run_sweep
-    from simmoe.sweep.spec import load_spec
-    from simmoe.sweep.store import ResultStore, check_out
+    from simmoe.sweeps.runner import run_sweep
+    from simmoe.sweeps.spec import load_spec
+    from simmoe.sweeps.store import ResultStore, check_out
 
     check_out(args.out)
     if args.address and args.backend != "ray":

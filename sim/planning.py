@@ -205,8 +205,8 @@ def plan(trace: str, slos: list[Slo], *, hws=None, policies=None, slots=None, ba
          base: dict[str, Any] | None = None, workers: int | None = None, out: str | None = None,
          progress: bool | None = None, runtimes: list[str] | None = None) -> pd.DataFrame:
     """Runs the search space through the sweep runner and evaluates it; returns the evaluated table."""
-    from simmoe.sweep.runner import run_sweep
-    from simmoe.sweep.spec import build_configs
+    from simmoe.sweeps.runner import run_sweep
+    from simmoe.sweeps.spec import build_configs
 
     if not slos:
         raise InputError("--slo", None, "give at least one SLO (e.g. --slo tpot_p90_ms=150)")

@@ -167,7 +167,7 @@ def to_frame(records: dict[str, dict[str, Any]], order: list[str] | None = None,
 
 
 def _is_param_col(col: str) -> bool:
-    from simmoe.sweep.spec import OPTION_GROUPS, RUNTIME_OPTIONS, param_names
+    from simmoe.sweeps.spec import OPTION_GROUPS, RUNTIME_OPTIONS, param_names
 
     return col in param_names() or col.partition(".")[0] in (*OPTION_GROUPS, RUNTIME_OPTIONS)
 

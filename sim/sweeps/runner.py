@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from simmoe.errors import InputError
-from simmoe.sweep.spec import POLICY_KINDS, Config, config_fields, param_names
-from simmoe.sweep.store import ResultStore, flatten
+from simmoe.sweeps.spec import POLICY_KINDS, Config, config_fields, param_names
+from simmoe.sweeps.store import ResultStore, flatten
 
 
 @lru_cache(maxsize=8)
