@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("fast", "simpy"), default="fast",
                    help="fast recurrence (default) or one SimPy event per kernel (slow reference)")
     p.add_argument("--max-requests", type=int, help="replay only the first N requests")
+    p.add_argument("--parallel", choices=("none", "pipeline", "expert"), default="none",
+                   help="several GPUs (a profile with a topology: section): split the model by layers "
+                        "(pipeline) or shard each layer's experts (expert); default none: one GPU")
+    p.add_argument("--gpus", type=int, help="GPUs used with --parallel (default: all the profile has)")
     g = p.add_argument_group("serving (arrivals, batching limits, SLOs)")
     g.add_argument("--arrivals", choices=("closed", "trace", "poisson", "gamma"), default="closed",
                    help="closed: all requests waiting at t=0 (default); trace: the trace's arrival_s; "
@@ -72,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ReplayConfig fields set from flags of the same name
 CONFIG_FLAGS = ("batch", "prefill_chunk", "host_memory", "copy_stream", "engine", "max_requests",
                 "prefetch_chunk_mb", "arrivals", "rate", "cv", "seed", "max_batched_tokens", "requests",
-                "slo_ttft_ms", "slo_tpot_ms")
+                "slo_ttft_ms", "slo_tpot_ms", "parallel", "gpus")
 
 
 def _window(text: str) -> tuple[int, int]:

@@ -54,6 +54,10 @@ class ReplayConfig(BaseModel):
     requests: PosInt | None = None  # cycle the trace's requests up to this many (explicit, reported)
     slo_ttft_ms: PosReal | None = None  # SLO attainment / goodput thresholds (per request)
     slo_tpot_ms: PosReal | None = None
+    # several GPUs (a profile with a topology: section; sim/engine/parallel.py): split the model by layers
+    # (pipeline) or shard each layer's experts (expert), over `gpus` of them (None: all the profile has)
+    parallel: Literal["none", "pipeline", "expert"] = "none"
+    gpus: PosInt | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -81,6 +85,9 @@ class ReplayConfig(BaseModel):
             if name in given and self.arrivals not in DRAWN and getattr(self, name) is not None:
                 raise InputError(flag(name), None, f"only used with --arrivals poisson or gamma (arrivals are "
                                                    f"{self.arrivals})")
+        if self.gpus is not None and self.parallel == "none":
+            raise InputError("--gpus", None, "only used with --parallel pipeline or expert (one GPU runs the "
+                                             "model otherwise)")
         if "cv" in given and self.arrivals != "gamma":
             raise InputError("--cv", None, f"only used with --arrivals gamma (arrivals are {self.arrivals})")
         return self

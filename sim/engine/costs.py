@@ -213,9 +213,10 @@ class CostModel:
         t = self._copy_memo.get(("h2d", nbytes, pin))
         return self._copy_us("h2d", nbytes, pin) if t is None else t
 
-    def d2h_us(self, nbytes: float) -> float:
-        t = self._copy_memo.get(("d2h", nbytes, self.pinned))
-        return self._copy_us("d2h", nbytes, self.pinned) if t is None else t
+    def d2h_us(self, nbytes: float, pinned: bool | None = None) -> float:
+        pin = self.pinned if pinned is None else pinned
+        t = self._copy_memo.get(("d2h", nbytes, pin))
+        return self._copy_us("d2h", nbytes, pin) if t is None else t
 
     def _copy_us(self, direction: str, nbytes: float, pinned: bool) -> float:
         kind = f"{direction}_{'pinned' if pinned else 'pageable'}"

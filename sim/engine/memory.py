@@ -41,6 +41,15 @@ class MemoryPlan:
         return d
 
 
+@dataclass(frozen=True)
+class DeviceShare:
+    """One GPU's part of a model split across GPUs (sim/engine/parallel.py): the dense weights and the KV cache
+    per token it holds (the whole model's when a single GPU runs it)."""
+
+    dense: int
+    kv_per_token: int
+
+
 def activation_bytes(spec: ModelSpec, max_step_tokens: int) -> int:
     """Workspace of the largest step: hidden states, attention and FFN intermediates, logits (fp32)."""
     b = BYTES_PER_PARAM[spec.dtype]
@@ -50,11 +59,11 @@ def activation_bytes(spec: ModelSpec, max_step_tokens: int) -> int:
 
 
 def fixed_plan(spec: ModelSpec, hw: HwProfile, *, batch: int, max_request_rows: int, max_step_tokens: int,
-               staging_buffers: int, hw_name: str) -> MemoryPlan:
+               staging_buffers: int, hw_name: str, share: DeviceShare | None = None) -> MemoryPlan:
     plan = MemoryPlan(
         usable=hw.usable_gpu_bytes,
-        dense=spec.dense_bytes(),
-        kv_reserved=batch * max_request_rows * spec.kv_bytes_per_token(),
+        dense=spec.dense_bytes() if share is None else share.dense,
+        kv_reserved=batch * max_request_rows * (spec.kv_bytes_per_token() if share is None else share.kv_per_token),
         activations=activation_bytes(spec, max_step_tokens),
         staging=staging_buffers * spec.expert_bytes(),
         cache_slots=0,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import simpy
 
+from simmoe.engine import parallel
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.fast_timing import FastStepTiming
 from simmoe.engine.planner import AccessPlanner
@@ -45,7 +46,9 @@ class Replay:
         self.pset = policies or PolicySet()
         self.runtime = runtime  # None: the named system's runtime, else `generic`
 
-    def prepare(self) -> Scenario:
+    def prepare(self) -> Scenario | parallel.ParallelScenario:
+        if self.cfg.parallel != "none":
+            return parallel.prepare_parallel(self.trace, self.hw, self.pset, self.cfg, self.hw_name, self.runtime)
         return prepare(self.trace, self.hw, self.pset, self.cfg, self.hw_name, self.runtime)
 
     def run(self, progress: bool = False) -> Result:
@@ -53,9 +56,11 @@ class Replay:
         return play(self.prepare(), progress=progress, wall0=wall0)
 
 
-def play(sc: Scenario, progress: bool = False, wall0: float | None = None) -> Result:
+def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0: float | None = None) -> Result:
     """Play a prepared scenario from a cold cache and return its results."""
     wall0 = time.perf_counter() if wall0 is None else wall0
+    if isinstance(sc, parallel.ParallelScenario):
+        return _play_parallel(sc, progress, wall0)
     planner = AccessPlanner(sc)
     chunk_mb = planner.chunk_mb()
     hw, cfg = sc.hw, sc.cfg
@@ -85,10 +90,37 @@ def play(sc: Scenario, progress: bool = False, wall0: float | None = None) -> Re
     return Result.build(rec, wall_s=time.perf_counter() - wall0)
 
 
+def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) -> Result:
+    """`play` over several GPUs (sim/engine/parallel.py): per-GPU planners and queues, one driver."""
+    env = simpy.Environment()
+    planners, tl, timing = parallel.build(ps, env)
+    sc = ps.driver
+    log = StepLog()
+    env.process(_driver(env, sc, planners, timing, log, progress))
+    env.run()
+    d0 = ps.devices[0]
+    rec = RunRecord(trace=sc.trace.source, model=sc.spec.name, hw=ps.hw_name, runtime=d0.runtime.name,
+                    policy=d0.policies.pset.describe(), cfg=ps.cfg, host_memory=d0.host_memory,
+                    copy_stream=d0.copy_stream, chunk_mb=None, ri=sc.ri, arrival_us=sc.arrival_us,
+                    online=sc.online, routing_fidelity=d0.routing_fidelity,
+                    activations=int((sc.trace.experts >= 0).sum()), memory=d0.memory, counts=planners.c, log=log,
+                    events=list(tl.events))
+    res = Result.build(rec, wall_s=time.perf_counter() - wall0)
+    if ps.n > 1:  # one GPU: the single-GPU summary exactly
+        par = parallel.device_results(ps, timing, planners, res.steps, res.summary["makespan_s"] * 1e6)
+        s = res.summary
+        s["parallel"] = par
+        s["cache_slots"] = sum(d["cache_slots"] for d in par["devices"])
+        s["peak_gpu_mem_bytes"] = max(d["peak_mem_bytes"] for d in par["devices"])  # the fullest GPU
+        s["gpu_mem_usable_bytes"] = d0.memory.usable
+        s["wall_s"] = time.perf_counter() - wall0
+    return res
+
+
 def _driver(env: simpy.Environment, sc: Scenario, planner: AccessPlanner, timing: StepTiming, log: StepLog,
             progress: bool):
     tl, cfg = timing.tl, sc.cfg
-    fast = isinstance(tl, Timeline)
+    fast = not isinstance(tl, SimpyTimeline)
     window = cfg.timeline_steps
     c = planner.c
     bar = None

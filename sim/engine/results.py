@@ -277,7 +277,12 @@ class Result:
             lines.append(f"  GPU stalls per token (ms): copy {st['copy'] / n:,.3f}   dispatch "
                          f"{st['dispatch'] / n:,.3f}   cpu {st['cpu'] / n:,.3f}")
         lines.append(f"  peak GPU memory {s['peak_gpu_mem_bytes'] / 2**30:,.2f} GiB of "
-                     f"{s['gpu_mem_usable_bytes'] / 2**30:,.2f} GiB usable")
+                     f"{s['gpu_mem_usable_bytes'] / 2**30:,.2f} GiB usable"
+                     + (" (the fullest GPU)" if "parallel" in s else ""))
+        if "parallel" in s:  # several GPUs: per GPU and per link (sim/engine/parallel.py)
+            from simmoe.engine.parallel import format_devices
+
+            lines.extend(format_devices(s["parallel"]))
         lines.append(f"  simulator wall time {s['wall_s']:.2f} s")
         return "\n".join(lines)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.costs import CostModel
-from simmoe.engine.memory import MemoryPlan, fixed_plan
+from simmoe.engine.memory import DeviceShare, MemoryPlan, fixed_plan
 from simmoe.engine.schedule import RowIndex, Step, static_schedule, step_experts
 from simmoe.engine.serving import arrival_times_s, cycle_trace
 from simmoe.engine.setup import CacheSizing, Resolved, needs_staging, resolve, size_cache
@@ -106,10 +106,12 @@ def _frozen(a: np.ndarray | None) -> np.ndarray | None:
 
 
 def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: ReplayConfig | None = None,
-            hw_name: str | None = None, runtime: RuntimeProfile | None = None) -> Scenario:
+            hw_name: str | None = None, runtime: RuntimeProfile | None = None,
+            share: DeviceShare | None = None) -> Scenario:
     """Everything a run of `pset` on `trace` and `hw` under `cfg` with `runtime` (default: the system's
     runtime, else `generic`) needs before the first step. Raises InputError for a configuration that cannot
-    run (does not fit, incompatible policies)."""
+    run (does not fit, incompatible policies). `share`: the part of the model this GPU holds when several
+    run it (sim/engine/parallel.py; None: the whole model)."""
     cfg = cfg or ReplayConfig()
     r = resolve(pset or PolicySet())
     if runtime is None:
@@ -170,7 +172,7 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
                              f"runs and keeps none (experts.fetch: layer): use --policy ondemand")
         staging = max(staging, E)
     memory = fixed_plan(spec, hw, batch=cfg.batch, max_request_rows=max_rows, max_step_tokens=max_step_tokens,
-                        staging_buffers=staging, hw_name=hw_name)
+                        staging_buffers=staging, hw_name=hw_name, share=share)
     cpu_layers = r.placement_cls(r.placement_opts).cpu_layers(L) if r.placement_cls else frozenset()
     sizing = size_cache(r, memory, L, E, cpu_layers)
     memory = dataclasses.replace(memory, cache_slots=sizing.total_slots)

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from simmoe.errors import InputError
+from simmoe.hw.topology import TopologySpec
 from simmoe.validation import STRICT, Figure, FigureOrZero, describe, first_error
 from simmoe.yamlio import load_yaml
 
@@ -219,6 +220,8 @@ class HwProfile(_Strict):
     pcie: PcieSpec
     cpu: CpuSpec
     nvme: NvmeSpec | None = None
+    # several GPUs (each `gpu`) and their links; absent: one GPU (sim/hw/topology.py)
+    topology: TopologySpec | None = None
     kernels: KernelTables = KernelTables()
     calibration: CalibrationInfo | None = Field(None, validate_default=True)
 
@@ -257,6 +260,10 @@ class HwProfile(_Strict):
         return v
 
     @property
+    def num_gpus(self) -> int:
+        return self.topology.gpus if self.topology is not None else 1
+
+    @property
     def gpu_memory_bytes(self) -> int:
         return int(self.gpu.memory_gib * 2**30)
 
@@ -274,7 +281,7 @@ class HwProfile(_Strict):
 
 
 # ---- provenance -------------------------------------------------------------------------------------------
-FIGURE_SECTIONS = ("gpu", "host", "pcie", "cpu", "nvme", "kernels", "price_usd_per_hour")
+FIGURE_SECTIONS = ("gpu", "host", "pcie", "cpu", "nvme", "topology", "kernels", "price_usd_per_hour")
 
 
 def figure_paths(data: dict[str, Any]) -> tuple[set[str], list[str]]:
