@@ -43,7 +43,7 @@ def summary_row(name: str, profile: HwProfile) -> dict[str, Any]:
     """One table row. bf16 is None where the GPU has no bf16 tensor cores (T4: the engine uses fp16)."""
     return {
         "name": name,
-        "gpu": profile.gpu.name,
+        "gpu": profile.gpu.name if profile.num_gpus == 1 else f"{profile.num_gpus} x {profile.gpu.name}",
         "memory_gib": profile.gpu.memory_gib,
         "hbm_gbps": profile.gpu.hbm_gbps,
         "bf16_tflops": profile.gpu.peak_tflops.get("bf16"),

@@ -281,6 +281,9 @@ class ParallelStepTiming:
         if topo is not None and topo.p2p:
             us = topo.p2p_latency_us + nbytes / (topo.p2p_gbps * 1e3)
             self.peer_bytes += nbytes
+            if not topo.nvlink:  # over PCIe: out of the source's link, into the destination's
+                self.act_bytes[(src, D2H)] += nbytes
+                self.act_bytes[(dst, H2D)] += nbytes
             for key in links.peer_path(src, dst):
                 self.link_bytes[key] += nbytes
             done = tl.peer_copy(src, dst, us, after, name=name)
@@ -441,9 +444,10 @@ def device_results(ps: ParallelScenario, timing: ParallelStepTiming, planners: P
         kv = kv_peak if n == 1 else (kv_peak * ps.shares[g].kv_per_token // kv_full if kv_full else 0)
         peak = plan.fixed - plan.kv_reserved + kv + c.peak_occupancy * plan.expert_bytes
         acc = c.hits + c.misses
-        owns = (f"layers {ps.layer_gpu.index(g)}-{len(ps.layer_gpu) - 1 - ps.layer_gpu[::-1].index(g)}"
-                if ps.mode == "pipeline" else
-                f"experts {ps.expert_gpu.index(g)}-{len(ps.expert_gpu) - 1 - ps.expert_gpu[::-1].index(g)}")
+        own = ps.layer_gpu if ps.mode == "pipeline" else ps.expert_gpu
+        lo, hi = own.index(g), len(own) - 1 - own[::-1].index(g)
+        what = "layer" if ps.mode == "pipeline" else "expert"
+        owns = f"{what}s {lo}-{hi}" if hi > lo else f"{what} {lo}"
         gpus.append({
             "gpu": g, "holds": owns, "accesses": acc, "hits": c.hits, "misses": c.misses,
             "hit_rate": c.hits / acc if acc else 0.0, "copies": c.copies, "bytes_h2d": c.bytes_h2d,
