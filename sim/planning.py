@@ -104,20 +104,38 @@ def search_space(trace: str, hws: list[str] | None = None, policies: list[str] |
 
         for r in runtimes:
             resolve_runtime_path(r)
+    num_experts = read_trace(trace).spec.num_experts
     rows = []
     for hw in hws:
-        for rt in runtimes or [None]:
+        # a machine with several GPUs runs the model split over them, each way that fits the model (a
+        # `parallel` in `base` chooses one); its price is the whole machine's
+        modes: list[dict[str, Any]] = [{}]
+        gpus = load_profile(hw).num_gpus if "parallel" not in extra else 1
+        if gpus > 1:
+            modes = [{"parallel": "pipeline"}] + ([{"parallel": "expert"}] if num_experts % gpus == 0 else [])
+        for mode, rt in ((m, r) for m in modes for r in runtimes or [None]):
             for pol in policies:
+                if mode and not _splits(pol):
+                    continue  # CPU placements and routing policies are not modelled on several GPUs
                 sized = "slots_per_layer" in get_policy(pol, "cache", source="--policies").Options.model_fields
                 for s in (slots if sized else [None]):
                     for b in batches:
-                        row = {"trace": trace, "hw": hw, "policy": pol, "batch": b, **extra}
+                        row = {"trace": trace, "hw": hw, "policy": pol, "batch": b, **extra, **mode}
                         if rt is not None:
                             row["runtime"] = rt
                         if s is not None:
                             row["policy_options.slots_per_layer"] = s
                         rows.append(row)
     return rows
+
+
+def _splits(policy: str) -> bool:
+    """Whether a policy (or named system) runs on several GPUs (sim/engine/parallel.py)."""
+    from simmoe.engine.setup import resolve
+    from simmoe.policies.base import PolicySet
+
+    r = resolve(PolicySet(policy))
+    return r.placement_cls is None and r.routing_cls is None
 
 
 def _price(hw: str) -> float | None:
@@ -228,7 +246,9 @@ def label(row: pd.Series) -> str:
         else ""
     rt = row.get("runtime")
     on = f" on {rt}" if isinstance(rt, str) else ""
-    return f"{row['hw']} {row['policy']}{size}{on} b{int(row['batch'])}"
+    par = row.get("parallel")
+    split = f" {par}" if isinstance(par, str) and par != "none" else ""
+    return f"{row['hw']}{split} {row['policy']}{size}{on} b{int(row['batch'])}"
 
 
 def plot(ev: pd.DataFrame, slos: list[Slo], path: str) -> None:

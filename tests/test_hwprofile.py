@@ -28,6 +28,8 @@ EXPECTED = [
     "rtx3060", "rtx3080-laptop", "rtx2080ti", "quadro-rtx6000", "rtx4060ti-16gb", "rtx4070", "rtx4080",
     "rtx5090", "a10g", "l40s", "h200-sxm", "apple-m3-ultra", "apple-m4-max",
     "a100-80gb-pcie-2s-epyc", "h100-pcie-2s-xeon",
+    # several GPUs (issue 18): a topology: section
+    "2x-rtx3090", "8x-l40s-pcie-switch",
 ]
 
 # Unified memory: CPU and GPU share one DRAM pool, there is no PCIe link.
@@ -38,7 +40,8 @@ NO_TENSOR_CORES = {"apple-m3-ultra", "apple-m4-max"}
 NO_BF16 = {"t4", "rtx2080ti", "quadro-rtx6000"}
 # Two-socket hosts: cores and memory_gib are both sockets', memory_gbps is one socket's (an expert's weights
 # live in one NUMA node): profile -> (one socket's GB/s, cores per socket).
-TWO_SOCKET = {"a100-80gb-pcie-2s-epyc": (204.8, 64), "h100-pcie-2s-xeon": (307.2, 56)}
+TWO_SOCKET = {"a100-80gb-pcie-2s-epyc": (204.8, 64), "h100-pcie-2s-xeon": (307.2, 56),
+              "8x-l40s-pcie-switch": (140.8, 20)}
 
 # Raw PCIe bandwidth per direction after line encoding, GB/s: measured pinned rates must stay below.
 LINK_CEILING_GBPS = {"PCIe 3.0 x16": 15.75, "PCIe 4.0 x16": 31.5, "PCIe 5.0 x16": 63.0,

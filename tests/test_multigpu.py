@@ -273,3 +273,36 @@ def test_cli_bad_parallel_flags(args, words, capsys, tmp_path):
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+# ---- sweeps and plans ------------------------------------------------------------------------------------
+def test_sweep_takes_parallel_and_gpus_as_dimensions(tmp_path):
+    from simmoe.sweeps.store import load_results
+
+    trace = (tmp_path / "t.npz")
+    import shutil
+
+    shutil.copy("traces/mixtral-8x7b-synth.npz", trace)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("trace: t.npz\nbase: {max_requests: 1, policy: lru}\n"
+                    "grid: {hw: [2x-rtx3090, 8x-l40s-pcie-switch], parallel: [pipeline, expert], gpus: [2]}\n")
+    out = tmp_path / "r.parquet"
+    assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) in (0, None)
+    df = load_results(out)
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    assert set(df["parallel"]) == {"pipeline", "expert"}
+    assert df.groupby("hw")["tpot_ms.p90"].nunique().min() == 2  # the split changes the result
+
+
+def test_plan_compares_two_gpus_with_one_and_prices_the_machine():
+    from simmoe.planning import parse_slo, plan, search_space
+
+    rows = search_space("traces/mixtral-8x7b-synth.npz", ["2x-rtx3090", "rtx4090"], ["lru", "cpu-experts"],
+                        [None], [1])
+    two = [r for r in rows if r["hw"] == "2x-rtx3090"]
+    assert sorted(r["parallel"] for r in two) == ["expert", "pipeline"]  # cpu-experts does not split
+    assert all("parallel" not in r for r in rows if r["hw"] == "rtx4090")
+    ev = plan("traces/mixtral-8x7b-synth.npz", [parse_slo("tpot_p90_ms=100000")], hws=["2x-rtx3090", "rtx4090"],
+              policies=["lru"], slots=[None], batches=[1], base={"max_requests": 1}, workers=1, progress=False)
+    assert len(ev) == 3 and ev["feasible"].all()
+    assert set(ev[ev["hw"] == "2x-rtx3090"]["usd_per_hour"]) == {0.30}
