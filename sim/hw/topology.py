@@ -43,7 +43,7 @@ class TopologySpec(BaseModel):
             raise ValueError("nvlink: NVLink copies are peer-to-peer copies: set p2p: true")
         if self.p2p and self.p2p_gbps is None:
             raise ValueError("p2p_gbps: a machine with p2p copies needs their bandwidth")
-        if not self.p2p and (self.p2p_gbps is not None or "p2p_latency_us" in self.model_fields_set):
+        if not self.p2p and (self.p2p_gbps is not None or self.p2p_latency_us):
             raise ValueError("p2p_gbps/p2p_latency_us: only used with p2p: true (peer copies are staged "
                              "through host memory otherwise)")
         return self
