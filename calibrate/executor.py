@@ -181,6 +181,9 @@ class OffloadedExecutor:
 
     def __init__(self, trace: Trace, hw: HwProfile, *, device: str = "cuda", threads: int | None = None,
                  seed: int = 0, progress: bool = False, host_memory: str = "pinned") -> None:
+        if hw.num_gpus > 1:  # one device, one copy stream: nothing here splits a model over GPUs
+            raise InputError(hw.name, "topology", f"the real executor runs one GPU: a {hw.num_gpus}-GPU "
+                             "configuration (--parallel pipeline or expert) cannot be validated")
         torch = _torch()
         self.torch = torch
         self.trace = trace

@@ -306,3 +306,15 @@ def test_plan_compares_two_gpus_with_one_and_prices_the_machine():
               policies=["lru"], slots=[None], batches=[1], base={"max_requests": 1}, workers=1, progress=False)
     assert len(ev) == 3 and ev["feasible"].all()
     assert set(ev[ev["hw"] == "2x-rtx3090"]["usd_per_hour"]) == {0.30}
+
+
+def test_the_real_executor_says_it_runs_one_gpu(capsys):
+    from simmoe.calibrate.executor import OffloadedExecutor
+
+    tr = random_trace(8, 2, 4, 2)
+    with pytest.raises(InputError) as e:
+        OffloadedExecutor(tr, TWO, device="cpu")
+    assert e.value.field == "topology" and "runs one GPU" in str(e.value)
+    rc = main(["validate", "--trace", "traces/tinymoe-stdlib.npz", "--hw", "2x-rtx3090", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "runs one GPU" in err and len(err.strip().splitlines()) == 1
