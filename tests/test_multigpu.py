@@ -100,7 +100,8 @@ def test_configurations_refused():
     for cfg, pset, flag in [
         (dict(parallel="pipeline", gpus=3), PolicySet("lru"), "--gpus"),
         (dict(parallel="expert", gpus=8), PolicySet("lru"), "--gpus"),  # the 2-GPU profile
-        (dict(parallel="pipeline"), PolicySet("lru", placement="cpu"), "--placement"),
+        (dict(parallel="expert"), PolicySet("lru", placement="cpu"), "--placement"),
+        (dict(parallel="pipeline"), PolicySet("lru", routing="adaptive-k"), "--routing"),
         (dict(parallel="pipeline", prefetch_chunk_mb=4.0), PolicySet("lru", prefetch="next-layer"),
          "--prefetch-chunk-mb"),
     ]:
@@ -217,6 +218,21 @@ def test_invariants(n, mode, batch, slots, seed, p2p, runtime):
     again = run(tr, hw, pset, runtime, batch=batch, parallel=mode, gpus=n)  # determinism
     pd.testing.assert_frame_equal(res.steps, again.steps, check_exact=True)
     assert json.dumps(par) == json.dumps(again.summary["parallel"])
+
+
+@pytest.mark.parametrize("pset", [
+    PolicySet("lru", {"slots_per_layer": 2}, placement="n-cpu-moe", placement_options={"n": 4}),
+    PolicySet("lru", {"slots_per_layer": 2}, placement="fiddler"),
+], ids=["n-cpu-moe", "fiddler"])
+def test_pipeline_stages_compute_the_models_cpu_layers(pset):
+    tr = random_trace(30, 6, 8, 2, requests=2, seed=2, prefill=2)
+    single = run(tr, TWO, pset, batch=2)
+    fast = run(tr, TWO, pset, batch=2, parallel="pipeline")
+    slow = run(tr, TWO, pset, batch=2, parallel="pipeline", engine="simpy")
+    assert fast.layers["cpu_experts"].tolist() == single.layers["cpu_experts"].tolist()  # the model's layers 0-3
+    assert fast.summary["cpu_experts"] > 0
+    np.testing.assert_allclose(fast.steps["end_us"], slow.steps["end_us"], rtol=1e-9)
+    np.testing.assert_allclose(fast.steps["cpu_busy_us"], slow.steps["cpu_busy_us"], rtol=1e-9)
 
 
 def test_a_model_too_big_for_one_gpu_runs_split():

@@ -115,6 +115,7 @@ class MultiTimeline:
     c: Counters = field(default_factory=DeviceCounters)  # the step's totals (set by the step timing)
 
     def __post_init__(self) -> None:
+        self.cpu_free = 0.0  # the CPU worker is the host's, shared by every GPU
         self.links = Links(self.topo, self.n)
         self.devs = [DeviceTimeline(self.host, self.copy_engines, self.links, g) for g in range(self.n)]
         self.peer_events: list[Event] = []
@@ -153,7 +154,7 @@ class MultiTimeline:
         self.devs[self.cur].advance_host(t)
 
     def idle_at(self) -> float:
-        return max(max(d.idle_at() for d in self.devs), max(self.links.free.values(), default=0.0))
+        return max(max(d.idle_at() for d in self.devs), max(self.links.free.values(), default=0.0), self.cpu_free)
 
     @property
     def events(self) -> list[Event]:
@@ -181,7 +182,12 @@ class MultiTimeline:
         return self.devs[self.cur].copy(us, direction, after, on_compute, blocking, name)
 
     def cpu(self, us, after=None, name="cpu expert"):
-        raise NotImplementedError("CPU experts are not modelled on several GPUs")  # parallel.py refuses them
+        """The host's CPU expert worker: one queue whichever GPU's layer it serves."""
+        d = self.devs[self.cur]
+        d.cpu_free = self.cpu_free
+        end = d.cpu(us, after, name)
+        self.cpu_free = end
+        return end
 
     def stream_end(self) -> float:
         """Handle of the last work on the current GPU's compute stream."""
@@ -298,7 +304,10 @@ class MultiSimpyTimeline(SimpyTimeline):
         return op
 
     def cpu(self, us, after=None, name="cpu expert"):
-        raise NotImplementedError("CPU experts are not modelled on several GPUs")
+        op = Op("cpu", (CPU,), us, after, 0.0, name=name, cat="cpu", track=CPU)  # one CPU worker for all GPUs
+        self._program.append(op)
+        self.dc[self.cur].cpu_busy += us
+        return op
 
     def wait(self, handle) -> None:
         if handle is not None:  # a zero-length op on the compute stream that waits for the handle

@@ -24,8 +24,10 @@ GPU would leave the others' dense part idle anyway.
 Each GPU has its own `AccessPlanner` over its part of the trace (pipeline: its MoE layers; expert: the
 trace with other GPUs' experts masked out), so caches, hits and misses are per GPU and every activation is
 served by the GPU that owns it. One GPU (`--gpus 1`) gives the single-GPU engine's results exactly.
-Not modelled on several GPUs: CPU placements, routing policies, chunked preemptible prefetches, a host
-thread per GPU, tensor parallelism.
+A pipeline stage computes its CPU-placed experts as one GPU does (the model's CPU layers, e.g. llama.cpp's
+`--n-cpu-moe`, keep their numbering; the host's one CPU worker serves every stage). Not modelled on several
+GPUs: CPU placements with expert parallelism, routing policies, chunked preemptible prefetches, a host
+thread per GPU, tensor parallelism, micro-batched pipelines.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def _check(hw: HwProfile, hw_name: str, pset: PolicySet, cfg: ReplayConfig) -> i
     if hw.gpu.unified_memory or hw.gpu.executes_on_host:
         raise InputError("--parallel", None, f"{hw_name} has no discrete GPUs to split the model over")
     r = resolve(pset)
-    for kind, cls in (("placement", r.placement_cls), ("routing", r.routing_cls)):
+    kinds = (("routing", r.routing_cls),) + ((("placement", r.placement_cls),) if cfg.parallel == "expert" else ())
+    for kind, cls in kinds:  # a pipeline stage computes its CPU experts as one GPU does
         if cls is not None:
             raise InputError(f"--{kind}", None, f"{cls.name}: {kind} policies are not modelled with --parallel "
                              f"{cfg.parallel} (several GPUs)")
@@ -169,8 +172,14 @@ def prepare_parallel(trace: Trace, hw: HwProfile, pset: PolicySet | None = None,
         owner = np.asarray(expert_gpu)
         parts = [tr if n == 1 else _owned(tr, owner, g) for g in range(n)]
         shares = tuple(full if g == 0 else DeviceShare(0, 0) for g in range(n))
+    cpu: list[frozenset[int] | None] = [None] * n
+    r = resolve(pset)
+    if n > 1 and r.placement_cls is not None:  # the model's CPU layers, in each stage's own numbering
+        whole = r.placement_cls(r.placement_opts).cpu_layers(len(moe))
+        bounds = list(moe_lo) + [len(moe)]
+        cpu = [frozenset(m - bounds[g] for m in whole if bounds[g] <= m < bounds[g + 1]) for g in range(n)]
     devices = tuple(prepare(parts[g], hw, pset, sub_cfg, hw_name if n == 1 else f"{hw_name} GPU {g}", runtime,
-                            share=None if n == 1 else shares[g]) for g in range(n))
+                            share=None if n == 1 else shares[g], cpu_layers=cpu[g]) for g in range(n))
     d0 = devices[0]
     if n == 1:
         driver = d0
@@ -355,10 +364,11 @@ class ParallelStepTiming:
             if rh.per_moe_layer_us:
                 tl.host_work(rh.per_moe_layer_us, name=f"L{li} routing bookkeeping" if rec else "")
             if pipeline:
-                ops, _cpu, pre = self.planners[g].plan_layer(m - ps.moe_lo[g])
+                ops, cpu, pre = self.planners[g].plan_layer(m - ps.moe_lo[g])
                 self._experts(part, ops, li, kpe)
+                cpu_done = part._cpu_experts(cpu, r_end, li) if cpu else None
                 tl.set_device(g)
-                tl.kernels(1, hw.gpu.kernel_min_us, after=None, name=f"L{li} combine" if rec else "", wait="cpu")
+                tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine" if rec else "", wait="cpu")
                 if pre:
                     part._prefetch(pre)
                 continue
@@ -400,7 +410,7 @@ class ParallelStepTiming:
 
     def _close_step(self, counters: list) -> None:
         """The step's counters: per GPU into the run's totals; their mean over the GPUs for the step log (busy
-        fractions stay fractions of one GPU), stalls summed."""
+        fractions stay fractions of one GPU), the CPU's busy time and the stalls summed."""
         agg = self.tl.c
         n = len(counters)
         for name in DeviceCounters.__dataclass_fields__:
@@ -409,7 +419,8 @@ class ParallelStepTiming:
                 v = getattr(c, name)
                 setattr(self.totals[g], name, getattr(self.totals[g], name) + v)
                 total += v
-            setattr(agg, name, total / n if name.endswith("busy") else total)
+            # GPU and link busy: the mean GPU; the one CPU's busy time and the stalls: summed
+            setattr(agg, name, total / n if name.endswith("busy") and name != "cpu_busy" else total)
 
 
 def make_timeline(ps: ParallelScenario, env: simpy.Environment):

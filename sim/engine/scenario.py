@@ -107,11 +107,12 @@ def _frozen(a: np.ndarray | None) -> np.ndarray | None:
 
 def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: ReplayConfig | None = None,
             hw_name: str | None = None, runtime: RuntimeProfile | None = None,
-            share: DeviceShare | None = None) -> Scenario:
+            share: DeviceShare | None = None, cpu_layers: frozenset[int] | None = None) -> Scenario:
     """Everything a run of `pset` on `trace` and `hw` under `cfg` with `runtime` (default: the system's
     runtime, else `generic`) needs before the first step. Raises InputError for a configuration that cannot
     run (does not fit, incompatible policies). `share`: the part of the model this GPU holds when several
-    run it (sim/engine/parallel.py; None: the whole model)."""
+    run it (sim/engine/parallel.py; None: the whole model); `cpu_layers`: the MoE layers a placement keeps on
+    the CPU when the caller numbers them (a pipeline stage's share of the model's; None: the placement's)."""
     cfg = cfg or ReplayConfig()
     r = resolve(pset or PolicySet())
     if runtime is None:
@@ -173,7 +174,8 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
         staging = max(staging, E)
     memory = fixed_plan(spec, hw, batch=cfg.batch, max_request_rows=max_rows, max_step_tokens=max_step_tokens,
                         staging_buffers=staging, hw_name=hw_name, share=share)
-    cpu_layers = r.placement_cls(r.placement_opts).cpu_layers(L) if r.placement_cls else frozenset()
+    if cpu_layers is None:
+        cpu_layers = r.placement_cls(r.placement_opts).cpu_layers(L) if r.placement_cls else frozenset()
     sizing = size_cache(r, memory, L, E, cpu_layers)
     memory = dataclasses.replace(memory, cache_slots=sizing.total_slots)
     step_ex = keys = next_use = None
