@@ -417,4 +417,7 @@ def load_profile(name_or_path: str | Path) -> HwProfile:
 
 
 def dump_profile(profile: HwProfile) -> str:
-    return yaml.safe_dump(profile.model_dump(exclude_defaults=False), sort_keys=False)
+    data = profile.model_dump(exclude_defaults=False)
+    if data.get("topology") is None:  # one GPU: written as before the section existed
+        data.pop("topology", None)
+    return yaml.safe_dump(data, sort_keys=False)
