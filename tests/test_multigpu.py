@@ -111,6 +111,9 @@ def test_configurations_refused():
     with pytest.raises(InputError) as e:  # 8 experts over 3 GPUs: DeepSpeed needs an even split
         run(random_trace(20, 3, 8, 2), EIGHT, parallel="expert", gpus=3)
     assert "divide" in str(e.value)
+    with pytest.raises(InputError) as e:  # a one-GPU profile: no effect, refused
+        run(tr, load_profile("rtx3090"), parallel="pipeline")
+    assert e.value.source == "--parallel" and "one GPU" in str(e.value)
     with pytest.raises(InputError) as e:
         ReplayConfig(gpus=2)
     assert e.value.source == "--gpus"
@@ -156,13 +159,26 @@ def test_fifo_uplink_equal_in_simpy():
     assert fast.links.busy == pytest.approx(slow.links.busy)
 
 
+SIMPY_CASES = [  # runtimes with per-expert syncs and host work, write-back, fused kernels, whole-layer fetches
+    (PolicySet("lru", {"slots_per_layer": 3}), None, {"batch": 2}),
+    (PolicySet("lru", {"slots_per_layer": 2}, prefetch="next-layer", prefetch_options={"accuracy": 0.6}), None, {}),
+    (PolicySet("lru", {"slots_per_layer": 2}), "mixtral-offloading", {}),
+    (PolicySet("lru", {"slots_per_layer": 2}), "llama.cpp", {"batch": 2}),
+    (PolicySet("lru", {"slots_per_layer": 2}), "hf-accelerate", {}),
+    (PolicySet("lru", {"slots_per_layer": 2}), None, {"host_memory": "pageable", "copy_stream": "compute"}),
+    (PolicySet("ondemand"), "deepspeed-zero3", {}),
+]
+
+
 @pytest.mark.parametrize("hw", [TWO, EIGHT], ids=["2x-rtx3090", "8x-l40s"])
 @pytest.mark.parametrize("mode", ["pipeline", "expert"])
-def test_recurrence_equals_simpy(hw, mode):
-    tr = random_trace(40, 4 if mode == "expert" else 16, 8, 2, requests=2, seed=7, prefill=3)
-    kw = dict(parallel=mode, gpus=2 if hw is TWO else 4, batch=2)
-    a = run(tr, hw, PolicySet("lru", {"slots_per_layer": 3}), **kw)
-    b = run(tr, hw, PolicySet("lru", {"slots_per_layer": 3}), engine="simpy", **kw)
+@pytest.mark.parametrize("case", range(len(SIMPY_CASES)))
+def test_recurrence_equals_simpy(hw, mode, case):
+    pset, runtime, cfg = SIMPY_CASES[case]
+    tr = random_trace(24, 4 if mode == "expert" else 8, 8, 2, requests=2, seed=7 + case, prefill=3)
+    kw = dict(parallel=mode, gpus=2 if hw is TWO else 4, **cfg)
+    a = run(tr, hw, pset, runtime, **kw)
+    b = run(tr, hw, pset, runtime, engine="simpy", **kw)
     assert a.summary["hits"] == b.summary["hits"]
     np.testing.assert_allclose(a.steps["end_us"], b.steps["end_us"], rtol=1e-9)
     for da, db in zip(a.summary["parallel"]["devices"], b.summary["parallel"]["devices"]):

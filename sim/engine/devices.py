@@ -312,7 +312,9 @@ class MultiSimpyTimeline(SimpyTimeline):
     def wait(self, handle) -> None:
         if handle is not None:  # a zero-length op on the compute stream that waits for the handle
             q = f"gpu{self.cur}"
-            self._program.append(Op("kernel", (q,), 0.0, handle, 0.0, name="wait", cat="wait", track=q))
+            op = Op("kernel", (q,), 0.0, handle, 0.0, name="wait", cat="wait", track=q)
+            self._program.append(op)
+            self._last[self.cur] = op  # a sync on the stream waits for it too
 
     def peer_copy(self, src: int, dst: int, us: float, after, name: str = "peer copy"):
         path = self.links.peer_path(src, dst)

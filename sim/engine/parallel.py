@@ -84,6 +84,9 @@ def expert_owners(num_experts: int, n: int) -> tuple[int, ...]:
 
 def _check(hw: HwProfile, hw_name: str, pset: PolicySet, cfg: ReplayConfig) -> int:
     have = hw.num_gpus
+    if have == 1:
+        raise InputError("--parallel", None, f"the profile {hw_name} has one GPU (no topology: section): there is "
+                         "nothing to split the model over")
     n = cfg.gpus if cfg.gpus is not None else have
     if n > have:
         raise InputError("--gpus", None, f"the profile {hw_name} has {have} GPU{'s' if have > 1 else ''}, "
