@@ -282,7 +282,8 @@ def test_cli_replay_on_two_gpus(tmp_path, capsys):
     s = json.loads(out.read_text())
     assert [d["gpu"] for d in s["parallel"]["devices"]] == [0, 1]
     names = {e["args"]["name"] for e in json.loads(tl.read_text())["traceEvents"] if e.get("name") == "thread_name"}
-    assert {"gpu0", "gpu1", "h2d0", "h2d1", "d2h0"} <= names
+    assert {"GPU 0 compute stream", "GPU 1 compute stream", "GPU 0 H2D copy engine (its link)",
+            "GPU 0 D2H copy engine", "host dispatch thread"} <= names
 
 
 def test_cli_single_gpu_text_has_no_device_table(capsys):

@@ -443,6 +443,32 @@ def build(ps: ParallelScenario, env: simpy.Environment):
 
 
 # ---- results -----------------------------------------------------------------------------------------------
+_KIND = {"gpu": (0, "compute stream"), "h2d": (1, "H2D copy engine (its link)"), "d2h": (2, "D2H copy engine")}
+
+
+def timeline_events(events: list) -> list:
+    """The recorded events with one named track per GPU queue, switch uplink direction and peer pair, in GPU
+    order (the Chrome trace numbers tracks in order of first appearance)."""
+    import re
+
+    def track(t: str) -> tuple[tuple, str]:
+        m = re.fullmatch(r"(gpu|h2d|d2h)(\d+)", t)
+        if m:
+            rank, what = _KIND[m.group(1)]
+            return (1, int(m.group(2)), rank), f"GPU {m.group(2)} {what}"
+        m = re.fullmatch(r"switch(\d+) (h2d|d2h)", t)
+        if m:
+            return (2, int(m.group(1)), m.group(2)), f"switch {m.group(1)} uplink {m.group(2).upper()}"
+        if t.startswith("p2p "):
+            a, b = t[4:].split("->")
+            return (3, int(a), int(b)), f"peer copies GPU {a} -> GPU {b}"
+        return (0, 0, 0), t  # the host thread, the CPU worker
+
+    named = [(track(e.track), e) for e in events]
+    named.sort(key=lambda x: x[0])
+    return [dataclasses.replace(e, track=name) for (_, name), e in named]
+
+
 def device_results(ps: ParallelScenario, timing: ParallelStepTiming, planners: Planners, steps,
                    makespan_us: float) -> dict:
     """Per GPU and per link: what each did (summary["parallel"])."""

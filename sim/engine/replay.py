@@ -104,7 +104,7 @@ def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) 
                     copy_stream=d0.copy_stream, chunk_mb=None, ri=sc.ri, arrival_us=sc.arrival_us,
                     online=sc.online, routing_fidelity=d0.routing_fidelity,
                     activations=int((sc.trace.experts >= 0).sum()), memory=d0.memory, counts=planners.c, log=log,
-                    events=list(tl.events))
+                    events=parallel.timeline_events(tl.events) if ps.n > 1 else list(tl.events))
     res = Result.build(rec, wall_s=time.perf_counter() - wall0)
     if ps.n > 1:  # one GPU: the single-GPU summary exactly
         par = parallel.device_results(ps, timing, planners, res.steps, res.summary["makespan_s"] * 1e6)
