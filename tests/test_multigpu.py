@@ -229,6 +229,7 @@ def test_invariants(n, mode, batch, slots, seed, p2p, runtime):
     for d in par["devices"]:
         assert d["peak_mem_bytes"] <= d["usable_mem_bytes"]  # no GPU over its memory
         assert d["gpu_busy"] <= 1 + 1e-9 and d["h2d_busy"] <= 1 + 1e-9 and d["d2h_busy"] <= 1 + 1e-9
+    assert res.memory["usable"] == sum(d["usable_mem_bytes"] for d in par["devices"])  # all GPUs together
     for x in par["links"]:
         assert 0 <= x["h2d_busy"] <= 1 + 1e-9 and 0 <= x["d2h_busy"] <= 1 + 1e-9  # never above 100%
     again = run(tr, hw, pset, runtime, batch=batch, parallel=mode, gpus=n)  # determinism

@@ -113,6 +113,10 @@ def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) 
         s["cache_slots"] = sum(d["cache_slots"] for d in par["devices"])
         s["peak_gpu_mem_bytes"] = max(d["peak_mem_bytes"] for d in par["devices"])  # the fullest GPU
         s["gpu_mem_usable_bytes"] = d0.memory.usable
+        # memory of all GPUs together (the Perfetto memory counter and plots.memory_over_time stack the steps'
+        # KV and cache occupancy, which are the GPUs' sums); per GPU: summary["parallel"]["devices"]
+        plans = [sc.memory.as_dict() for sc in ps.devices]
+        res.memory = {k: (plans[0][k] if k == "expert_bytes" else sum(p[k] for p in plans)) for k in plans[0]}
         s["wall_s"] = time.perf_counter() - wall0
     return res
 
