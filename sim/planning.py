@@ -104,7 +104,8 @@ def search_space(trace: str, hws: list[str] | None = None, policies: list[str] |
 
         for r in runtimes:
             resolve_runtime_path(r)
-    num_experts = read_trace(trace).spec.num_experts
+    tspec = read_trace(trace).spec
+    num_experts = tspec.num_experts
     rows = []
     for hw in hws:
         # a machine with several GPUs runs the model split over them, each way that fits the model (a
@@ -112,7 +113,12 @@ def search_space(trace: str, hws: list[str] | None = None, policies: list[str] |
         modes: list[dict[str, Any]] = [{}]
         gpus = load_profile(hw).num_gpus if "parallel" not in extra else 1
         if gpus > 1:
-            modes = [{"parallel": "pipeline"}] + ([{"parallel": "expert"}] if num_experts % gpus == 0 else [])
+            from simmoe.engine.parallel import pipeline_layers
+
+            split = pipeline_layers(tspec.num_layers, gpus)
+            stages = {split[li] for li in tspec.moe_layers}  # every GPU needs a MoE layer of its own
+            modes = ([{"parallel": "pipeline"}] if len(stages) == gpus else []) \
+                + ([{"parallel": "expert"}] if num_experts % gpus == 0 else [])
         for mode, rt in ((m, r) for m in modes for r in runtimes or [None]):
             for pol in policies:
                 if mode and not _splits(pol):

@@ -340,6 +340,25 @@ def test_plan_compares_two_gpus_with_one_and_prices_the_machine():
               policies=["lru"], slots=[None], batches=[1], base={"max_requests": 1}, workers=1, progress=False)
     assert len(ev) == 3 and ev["feasible"].all()
     assert set(ev[ev["hw"] == "2x-rtx3090"]["usd_per_hour"]) == {0.30}
+    # a split that cannot run is not offered: 8 GPUs over a 4-layer model's pipeline
+    tiny = search_space("traces/tinymoe-stdlib.npz", ["8x-l40s-pcie-switch"], ["lru"], [None], [1])
+    from simmoe.trace.format import read_trace as rt
+
+    spec = rt("traces/tinymoe-stdlib.npz").spec
+    want = (["expert"] if spec.num_experts % 8 == 0 else []) + (["pipeline"] if spec.num_layers >= 15 else [])
+    assert sorted(r["parallel"] for r in tiny) == sorted(want)
+
+
+@pytest.mark.parametrize("runtime", [None, "llama.cpp"])  # the model's own precision, GGUF dense weights
+def test_stage_shares_add_up_to_the_model(runtime):
+    tr = read_trace("traces/mixtral-8x7b-synth.npz")
+    ps = prepare_parallel(tr, EIGHT, PolicySet("lru"), ReplayConfig(parallel="pipeline", max_requests=1),
+                          runtime=load_runtime(runtime) if runtime else None)
+    spec = ps.driver.spec
+    assert not spec.tie_embeddings
+    assert abs(sum(s.dense for s in ps.shares) - spec.dense_bytes()) <= len(ps.shares)
+    assert sum(s.kv_per_token for s in ps.shares) == spec.kv_bytes_per_token()
+    assert [sc.memory.dense for sc in ps.devices] == [s.dense for s in ps.shares]
 
 
 def test_the_real_executor_says_it_runs_one_gpu(capsys):

@@ -129,7 +129,8 @@ def _owned(tr: Trace, owner: np.ndarray, g: int) -> Trace:
 def _stage_share(spec: ModelSpec, layers: list[int], first: bool, last: bool) -> DeviceShare:
     dense_params = sum(spec.layer_dense_params(i) for i in layers)
     emb = spec.vocab_size * spec.d_model * (int(first) + int(last))  # input embedding, output head
-    dense = int(round(dense_params * spec.dense_bits / 8 + emb * BYTES_PER_PARAM[spec.dtype]))
+    bits = spec.dense_bits or 8 * BYTES_PER_PARAM[spec.dtype]  # 0: the model's own precision (ModelSpec.dense_bytes)
+    dense = int(round(dense_params * bits / 8 + emb * BYTES_PER_PARAM[spec.dtype]))
     return DeviceShare(dense=dense, kv_per_token=spec.kv_bytes_per_token() * len(layers) // spec.num_layers)
 
 
