@@ -5,8 +5,11 @@ contiguous range of transformer layers: their dense weights, their KV cache and 
 caches. Layers go to GPUs as llama.cpp's `get_layer_buft_list` assigns them (src/llama-model.cpp): layer
 `il` to the first GPU whose cumulative split exceeds `il / (n_layer + 1)` (the output layer counts as layer
 n_layer, so it lands on the last GPU); with equal GPUs the splits are 1/N, 2/N, ... (llama.cpp's default
-split is proportional to each device's free memory). The input embedding stays on the first GPU (accelerate;
-llama.cpp keeps it on the CPU), the output head on the last. The hidden state of the step's tokens crosses
+split is proportional to each device's free memory). accelerate's `device_map="auto"` also gives each GPU a
+contiguous run of modules: `get_balanced_memory` (accelerate/utils/modeling.py) caps each GPU's share so that
+the layers balance, and `infer_auto_device_map` fills the GPUs in order; its cut points can differ from
+llama.cpp's by a layer. The input embedding stays on the first GPU (accelerate; llama.cpp keeps it on the
+CPU), the output head on the last. The hidden state of the step's tokens crosses
 to the next GPU at each stage boundary. A decode step runs the stages one after another: no micro-batching
 (neither llama.cpp's layer split nor accelerate pipelines a batch), so at any time one GPU computes; the
 others may still copy experts for their layers.
