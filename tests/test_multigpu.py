@@ -139,6 +139,16 @@ def test_peer_copies_use_the_uplinks_on_their_path():
     assert tl.devs[0].c.d2h_busy == 100.0 and tl.devs[2].c.h2d_busy == 50.0
 
 
+def test_nvlink_copies_use_no_pcie_link():
+    topo = TopologySpec(gpus=2, switches=[[0], [1]], p2p=True, nvlink=True, p2p_gbps=50.0)
+    tl = MultiTimeline(HOST, 2, 2, topo)
+    assert tl.links.peer_path(0, 1) == []
+    tl.peer_copy(0, 1, 20.0, None)
+    assert all(v == 0.0 for v in tl.links.busy.values())
+    pcie = MultiTimeline(HOST, 2, 2, TopologySpec(gpus=2, switches=[[0], [1]], p2p=True, p2p_gbps=10.0))
+    assert pcie.links.peer_path(0, 1) == [("switch0", D2H), ("switch1", H2D)]
+
+
 def test_fifo_uplink_equal_in_simpy():
     def program(tl):
         for g in (0, 1, 2, 0):
@@ -221,6 +231,16 @@ def test_invariants(n, mode, batch, slots, seed, p2p, runtime):
     single = run(tr, hw, pset, runtime, batch=batch)
     res = run(tr, hw, pset, runtime, batch=batch, parallel=mode, gpus=n)
     par = res.summary["parallel"]
+    # each GPU's accesses, counted from the trace: the distinct experts per step and layer that it owns
+    ps = prepare_parallel(tr, hw, pset, ReplayConfig(batch=batch, parallel=mode, gpus=n))
+    want = [0] * n
+    for step in ps.driver.steps:
+        ex = tr.experts[step.rows]
+        for m in range(tr.num_layers):
+            for e in np.unique(ex[:, m][ex[:, m] >= 0]):
+                g = ps.layer_gpu[tr.spec.moe_layers[m]] if mode == "pipeline" else ps.expert_gpu[e]
+                want[g] += 1
+    assert [d["accesses"] for d in par["devices"]] == want
     # every activation served once, by the GPU that owns it
     assert sum(d["accesses"] for d in par["devices"]) == single.summary["accesses"] == res.summary["accesses"]
     if mode == "pipeline":  # a stage's caches see exactly its layers' accesses
