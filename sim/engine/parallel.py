@@ -22,7 +22,12 @@ link. Unlike DeepSpeed (one process per GPU, dense layers replicated and data-pa
 per MoE layer, after the router the hidden states of the tokens routed to another GPU's experts are
 dispatched to it (MOELayer's first all-to-all, here one copy per GPU), that GPU runs its experts, the
 outputs come back (the second all-to-all) and GPU 0 combines them. At batch 1 a data-parallel replica per
-GPU would leave the others' dense part idle anyway.
+GPU would leave the others' dense part idle anyway. The host issues, per MoE layer, each other GPU's
+dispatch, experts and return copy in GPU order, then GPU 0's own experts, then the combine (so the other
+GPUs start while GPU 0 computes).
+
+Each GPU's prefetcher proposes only for its own layers and experts (a pipeline stage does not prefetch the
+next stage's first layer: that stage's cache is another GPU's memory).
 
 Each GPU has its own `AccessPlanner` over its part of the trace (pipeline: its MoE layers; expert: the
 trace with other GPUs' experts masked out), so caches, hits and misses are per GPU and every activation is
