@@ -269,13 +269,14 @@ class Result:
             "",
             f"  throughput {s['tokens_per_s']:,.2f} tok/s   simulated time {s['makespan_s']:,.3f} s",
             f"  busy: GPU {100 * s['gpu_busy']:.1f}%   PCIe H2D {100 * s['pcie_busy']:.1f}%   "
-            f"CPU {100 * s['cpu_busy']:.1f}%",
+            f"CPU {100 * s['cpu_busy']:.1f}%" + ("   (GPU and H2D: the mean GPU)" if "parallel" in s else ""),
         ]
         st = s["stall_ms"]
         if st["copy"] is not None:
             n = max(s["decode_tokens"] + s["prefill_tokens"], 1)
             lines.append(f"  GPU stalls per token (ms): copy {st['copy'] / n:,.3f}   dispatch "
-                         f"{st['dispatch'] / n:,.3f}   cpu {st['cpu'] / n:,.3f}")
+                         f"{st['dispatch'] / n:,.3f}   cpu {st['cpu'] / n:,.3f}"
+                         + ("   (summed over the GPUs)" if "parallel" in s else ""))
         lines.append(f"  peak GPU memory {s['peak_gpu_mem_bytes'] / 2**30:,.2f} GiB of "
                      f"{s['gpu_mem_usable_bytes'] / 2**30:,.2f} GiB usable"
                      + (" (the fullest GPU)" if "parallel" in s else ""))
