@@ -391,3 +391,10 @@ def test_the_real_executor_says_it_runs_one_gpu(capsys):
     rc = main(["validate", "--trace", "traces/tinymoe-stdlib.npz", "--hw", "2x-rtx3090", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "runs one GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serving_run_on_two_gpus():
+    tr = random_trace(40, 3, 8, 2, requests=4, seed=4, prefill=3)
+    res = run(tr, TWO, arrivals="poisson", rate=50.0, batch=2, parallel="expert")
+    assert res.summary["requests"] == 4 and res.summary["e2e_ms"]["mean"] > 0
+    assert sum(d["accesses"] for d in res.summary["parallel"]["devices"]) == res.summary["accesses"]
