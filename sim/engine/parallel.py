@@ -321,7 +321,6 @@ class ParallelStepTiming:
         tl.set_device(dst)
         return tl.copy(costs.h2d_us(nbytes, pinned=True), H2D, after=a, name=f"{name} from host")
 
-
     # ---- a step ------------------------------------------------------------------------------------------
     def play(self, step: Step, i: int, _planners=None) -> None:
         ps, tl = self.ps, self.tl
