@@ -28,6 +28,7 @@ from simmoe.engine.timeline import ChunkedTimeline, HostDeviceTimeline, Timeline
 from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile, load_profile
 from simmoe.policies.base import PolicySet
+from simmoe.provenance import run_provenance
 from simmoe.runtime.profile import RuntimeProfile, load_runtime
 from simmoe.trace.format import Trace, read_trace
 
@@ -86,7 +87,9 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
                     policy=sc.policies.pset.describe(), cfg=cfg, host_memory=sc.host_memory,
                     copy_stream=sc.copy_stream, chunk_mb=chunk_mb, ri=sc.ri, arrival_us=sc.arrival_us, online=sc.online,
                     routing_fidelity=sc.routing_fidelity, activations=int((sc.trace.experts >= 0).sum()),
-                    memory=sc.memory, counts=planner.c, log=log, events=list(getattr(tl, "events", [])))
+                    memory=sc.memory, counts=planner.c, log=log, events=list(getattr(tl, "events", [])),
+                    provenance=run_provenance(sc.trace.source, hw, sc.hw_name, sc.runtime, sc.runtime.name,
+                                              sc.policies.pset, sc.policies.pset.describe(), cfg))
     return Result.build(rec, wall_s=time.perf_counter() - wall0)
 
 

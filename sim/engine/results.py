@@ -32,6 +32,7 @@ class StepLog:
         self.first_token: dict[int, float] = {}
         self.last_token: dict[int, float] = {}
         self.itl: list[float] = []  # inter-token latency of every decode token
+        self.intervals: dict[int, int] = {}  # per request: how many of `itl` are its own
         self.active_ctx: dict[int, int] = {}
 
     def add(self, step, t0: float, t1: float, c: Counters, counts0: tuple, st, ri, spec) -> None:
@@ -69,6 +70,7 @@ class StepLog:
                     self.first_token[rid] = t1
                 else:
                     self.itl.append(t1 - last)
+                    self.intervals[rid] = self.intervals.get(rid, 0) + 1
                 self.last_token[rid] = t1
         elif step.finished or _is_last_prefill(step, ri):
             rid = step.requests[0]
@@ -103,6 +105,7 @@ class RunRecord:
     counts: PlanCounts
     log: StepLog
     events: list
+    provenance: dict = field(default_factory=dict)  # simmoe.provenance.run_provenance
 
 
 def _is_last_prefill(step, ri) -> bool:
@@ -113,37 +116,89 @@ def _is_last_prefill(step, ri) -> bool:
     return row == ri.starts[r] + ri.prefill_len[r] - 1
 
 
-def _serving_metrics(rec: RunRecord, log: StepLog, makespan_us: float) -> dict[str, Any]:
-    """Per-request latencies from arrival (TTFT, queueing, end to end), SLO attainment and goodput.
-    In a closed-loop replay every request arrives at t=0 and TTFT is counted from admission instead."""
-    cfg = rec.cfg
+def request_times(rec: RunRecord, log: StepLog) -> dict[str, np.ndarray]:
+    """Per completed request (in the order their first tokens came): id, token times and latencies in
+    microseconds. The summary's TTFT, queueing and end-to-end percentiles, SLO attainment and the requests
+    table (`Result.requests`) are all taken from these.
+
+    TTFT counts from arrival in a serving run and from admission in a closed-loop replay (everything arrives
+    at t=0). A request's TPOT is its mean time between consecutive tokens: (last - first token) over its
+    inter-token intervals, which are its share of the summary's TPOT samples (NaN with a single token)."""
     arrival = dict(zip(rec.ri.ids.tolist(), rec.arrival_us.tolist()))
+    prompt = dict(zip(rec.ri.ids.tolist(), rec.ri.prefill_len.tolist()))
+    ndec = dict(zip(rec.ri.ids.tolist(), (rec.ri.stops - rec.ri.starts - rec.ri.prefill_len).tolist()))
     done = [r for r in log.first_token if r in log.admit]
     since = arrival if rec.online else log.admit
-    ttft = np.array([log.first_token[r] - since[r] for r in done])
-    queue = np.array([log.admit[r] - arrival[r] for r in done])
-    e2e = np.array([log.last_token[r] - arrival[r] for r in done])
-    ndec = {int(rid): int(n) for rid, n in zip(rec.ri.ids, rec.ri.stops - rec.ri.starts - rec.ri.prefill_len)}
-    tpot = np.array([(log.last_token[r] - log.first_token[r]) / (ndec[r] - 1) if ndec.get(r, 0) > 1 else 0.0
-                     for r in done])
+    iv = np.array([log.intervals.get(r, 0) for r in done], dtype=np.int64)
+    span = np.array([log.last_token[r] - log.first_token[r] for r in done], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(iv > 0, span / np.maximum(iv, 1), np.nan)
+    return {
+        "request": np.array(done, dtype=np.int64),
+        "arrival": np.array([arrival[r] for r in done], dtype=float),
+        "admit": np.array([log.admit[r] for r in done], dtype=float),
+        "first_token": np.array([log.first_token[r] for r in done], dtype=float),
+        "end": np.array([log.last_token[r] for r in done], dtype=float),
+        "ttft": np.array([log.first_token[r] - since[r] for r in done], dtype=float),
+        "tpot": tpot,
+        "e2e": np.array([log.last_token[r] - arrival[r] for r in done], dtype=float),
+        "queue": np.array([log.admit[r] - arrival[r] for r in done], dtype=float),
+        "prompt_tokens": np.array([prompt[r] for r in done], dtype=np.int64),
+        "decode_tokens": np.array([ndec[r] for r in done], dtype=np.int64),
+        "intervals": iv,
+    }
+
+
+def slo_met(cfg: ReplayConfig, t: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Per request: met both SLOs given (None without SLOs). A request with one token has no TPOT to miss."""
+    if cfg.slo_ttft_ms is None and cfg.slo_tpot_ms is None:
+        return None
+    ok = np.ones(len(t["request"]), bool)
+    if cfg.slo_ttft_ms is not None:
+        ok &= t["ttft"] / 1e3 <= cfg.slo_ttft_ms
+    if cfg.slo_tpot_ms is not None:
+        ok &= ~(t["tpot"] / 1e3 > cfg.slo_tpot_ms)
+    return ok
+
+
+def request_frame(t: dict[str, np.ndarray], met: np.ndarray | None) -> pd.DataFrame:
+    """The requests table (id order): times in s from the run's start, latencies in ms."""
+    df = pd.DataFrame({
+        "request": t["request"],
+        "arrival_s": t["arrival"] / 1e6,
+        "admit_s": t["admit"] / 1e6,
+        "first_token_s": t["first_token"] / 1e6,
+        "end_s": t["end"] / 1e6,
+        "ttft_ms": t["ttft"] / 1e3,
+        "tpot_ms": t["tpot"] / 1e3,
+        "e2e_ms": t["e2e"] / 1e3,
+        "queue_ms": t["queue"] / 1e3,
+        "prompt_tokens": t["prompt_tokens"],
+        "decode_tokens": t["decode_tokens"],
+        "intervals": t["intervals"],
+    })
+    if met is not None:
+        df["slo_met"] = met
+    return df.sort_values("request", kind="stable").reset_index(drop=True)
+
+
+def _serving_metrics(rec: RunRecord, t: dict[str, np.ndarray], met: np.ndarray | None,
+                     makespan_us: float) -> dict[str, Any]:
+    """Queueing and end-to-end percentiles, SLO attainment and goodput over the requests."""
+    cfg = rec.cfg
+    n = len(t["request"])
     out: dict[str, Any] = {
         "arrivals": cfg.arrivals,
         "rate": cfg.rate,
-        "requests_per_s": len(done) / (makespan_us / 1e6) if makespan_us else 0.0,
-        "queue_ms": _pct(queue),
-        "e2e_ms": _pct(e2e),
-        "_ttft_us": ttft,
+        "requests_per_s": n / (makespan_us / 1e6) if makespan_us else 0.0,
+        "queue_ms": _pct(t["queue"]),
+        "e2e_ms": _pct(t["e2e"]),
     }
-    if cfg.slo_ttft_ms is not None or cfg.slo_tpot_ms is not None:
-        ok = np.ones(len(done), bool)
-        if cfg.slo_ttft_ms is not None:
-            ok &= ttft / 1e3 <= cfg.slo_ttft_ms
-        if cfg.slo_tpot_ms is not None:
-            ok &= tpot / 1e3 <= cfg.slo_tpot_ms
-        good_tokens = sum(ndec[r] for r, g in zip(done, ok) if g)
+    if met is not None:
+        good_tokens = int(t["decode_tokens"][met].sum())
         out["slo"] = {"ttft_ms": cfg.slo_ttft_ms, "tpot_ms": cfg.slo_tpot_ms}
-        out["slo_attainment"] = float(ok.mean()) if len(done) else 0.0
-        out["goodput_requests_per_s"] = float(ok.sum()) / (makespan_us / 1e6) if makespan_us else 0.0
+        out["slo_attainment"] = float(met.mean()) if n else 0.0
+        out["goodput_requests_per_s"] = float(met.sum()) / (makespan_us / 1e6) if makespan_us else 0.0
         out["goodput_tokens_per_s"] = good_tokens / (makespan_us / 1e6) if makespan_us else 0.0
     return out
 
@@ -163,6 +218,9 @@ class Result:
     events: list = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     layers: pd.DataFrame | None = None  # per MoE layer: hits, misses, cpu_experts
+    requests: pd.DataFrame | None = None  # per completed request: token times, latencies (request_frame)
+    # inputs and settings that produced it (simmoe.provenance); the CLI adds `command`
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, rec: RunRecord, wall_s: float) -> Result:
@@ -172,8 +230,9 @@ class Result:
         dec = df[df["kind"] == "decode"]
         decode_tokens = int(dec["tokens"].sum())
         accesses = st.hits + st.misses
-        serving = _serving_metrics(rec, log, makespan_us)
-        ttft = serving.pop("_ttft_us")
+        times = request_times(rec, log)
+        met = slo_met(cfg, times)
+        serving = _serving_metrics(rec, times, met, makespan_us)
         busy = lambda col: float(df[col].sum()) / makespan_us if makespan_us else 0.0  # noqa: E731
         fast = cfg.engine == "fast"
         plan = rec.memory
@@ -213,7 +272,7 @@ class Result:
             "makespan_s": makespan_us / 1e6,
             "tpot_ms": _pct(log.itl),
             "step_ms": _pct(dec["latency_us"]) if len(dec) else _pct([]),
-            "ttft_ms": _pct(ttft),
+            "ttft_ms": _pct(times["ttft"]),
             "tokens_per_s": decode_tokens / (makespan_us / 1e6) if makespan_us else 0.0,
             **serving,
             "gpu_busy": busy("gpu_busy_us"),
@@ -227,10 +286,13 @@ class Result:
         L = len(st.layer_hits)
         layers = pd.DataFrame({"layer": np.arange(L), "hits": st.layer_hits, "misses": st.layer_misses,
                                "cpu_experts": st.layer_cpu})
-        return cls(summary, df, list(rec.events), plan.as_dict(), layers)
+        return cls(summary, df, list(rec.events), plan.as_dict(), layers, request_frame(times, met),
+                   dict(rec.provenance))
 
     def to_json(self) -> str:
-        return json.dumps(_clean(self.summary), indent=2, sort_keys=False)
+        """The summary, with the run's provenance under `provenance`."""
+        data = {**self.summary, "provenance": self.provenance} if self.provenance else self.summary
+        return json.dumps(_clean(data), indent=2, sort_keys=False)
 
     def format(self) -> str:
         """The readable summary table `simmoe replay` prints."""
