@@ -130,6 +130,26 @@ def flat_columns(prov: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sweep_provenance(spec_path: str | Path, results: Any, command: str | None = None) -> dict[str, Any]:
+    """A sweep's provenance: the spec file and its sha256, and the distinct versions, traces, hardware and
+    runtime profiles (name: sha256) its successful rows ran with."""
+    out: dict[str, Any] = {"simmoe_version": __version__, "spec": str(spec_path),
+                           "spec_sha256": file_sha256(spec_path)}
+    cols = set(getattr(results, "columns", ()))
+    for what, name_col, sha_col in (("traces", "trace", "trace_sha256"), ("hw", "hw", "hw_sha256"),
+                                    ("runtimes", "runtime", "runtime_sha256")):
+        if {name_col, sha_col} <= cols:
+            pairs = results[[name_col, sha_col]].dropna().drop_duplicates()
+            out[what] = {str(n): str(h) for n, h in pairs.itertuples(index=False)}
+        elif sha_col in cols:
+            out[what] = sorted({str(h) for h in results[sha_col].dropna()})
+    if "simmoe_version" in cols:
+        out["row_versions"] = sorted({str(v) for v in results["simmoe_version"].dropna()})
+    if command:
+        out["command"] = command
+    return out
+
+
 def write_csv_header(f: IO[str], prov: Mapping[str, Any]) -> None:
     """The provenance as one comment line (JSON) above a CSV's header."""
     f.write(CSV_PREFIX + json.dumps(dict(prov), sort_keys=False, default=str) + "\n")

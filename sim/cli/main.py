@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "simmoe.cli.validate_cmd",
     "simmoe.cli.sweep_cmd",
     "simmoe.cli.plan_cmd",
+    "simmoe.cli.compare_cmd",
 ]
 
 
@@ -59,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    from simmoe.provenance import command_line
+
+    args.command_line = command_line(argv)  # provenance: the exact command, shell-quoted
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -63,7 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--slo-ttft-ms", type=float, help="TTFT SLO per request, for SLO attainment and goodput")
     g.add_argument("--slo-tpot-ms", type=float, help="TPOT SLO per request (mean over its decode tokens)")
     p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
-    p.add_argument("--steps-csv", metavar="OUT", help="write the per-step table as CSV")
+    p.add_argument("--steps-csv", metavar="OUT", help="write the per-step table as CSV (first line: a '#' comment "
+                                                      "holding the provenance; pandas: read_csv(OUT, comment='#'))")
+    p.add_argument("--requests-csv", metavar="OUT",
+                   help="write one row per request as CSV: arrival, first token, TTFT, mean TPOT, end to end, "
+                        "queueing, prompt / decode tokens, SLO met (with SLOs); a '#' provenance line first")
+    p.add_argument("--report", metavar="DIR", help="write DIR/index.html: a self-contained page with the summary, "
+                                                   "figures, the provenance and the command")
     p.add_argument("--timeline", metavar="OUT", help="write a Chrome trace-event JSON (open in Perfetto)")
     p.add_argument("--timeline-steps", metavar="A:B",
                    help="steps recorded in the timeline (default 0:50)")
@@ -118,10 +124,16 @@ def run(args: argparse.Namespace) -> int:
     from simmoe.engine.replay import Replay
     from simmoe.fileio import atomic_open
     from simmoe.hw.profile import load_profile
+    from simmoe.provenance import write_csv_header
     from simmoe.trace.format import read_trace
 
-    for path, flag in ((args.json, "--json"), (args.steps_csv, "--steps-csv"), (args.timeline, "--timeline")):
+    for path, flag in ((args.json, "--json"), (args.steps_csv, "--steps-csv"), (args.requests_csv, "--requests-csv"),
+                       (args.timeline, "--timeline")):
         check_output(path, flag)
+    if args.report:
+        from simmoe.report import check_report_dir
+
+        check_report_dir(args.report)
     if args.plot:
         from simmoe.plots import check_image_path
 
@@ -143,17 +155,27 @@ def run(args: argparse.Namespace) -> int:
               f"MoE layers: simulated as that cut-down model (time and memory of those layers only)",
               file=sys.stderr)
     result = Replay(trace, hw, pset, cfg, hw_name=args.hw, runtime=runtime).run(progress=sys.stderr.isatty())
+    if getattr(args, "command_line", None):
+        result.provenance["command"] = args.command_line
     if args.json:
         with atomic_open(args.json) as f:
             f.write(result.to_json() + "\n")
-    if args.steps_csv:
-        with atomic_open(args.steps_csv) as f:
-            result.steps.to_csv(f, index=False)
+    for path, table in ((args.steps_csv, result.steps), (args.requests_csv, result.requests)):
+        if path:
+            with atomic_open(path) as f:
+                write_csv_header(f, result.provenance)
+                table.to_csv(f, index=False)
     if args.timeline:
         write_chrome_trace(args.timeline, result.events, result.steps,
                            f"simmoe {result.summary['model']} on {result.summary['hw']} "
                            f"({result.summary['runtime']}, {result.summary['policy']})", result.memory["expert_bytes"], cfg.timeline_steps,
-                           memory=result.memory)
+                           memory=result.memory, metadata=result.provenance)
+    if args.report:
+        from simmoe.report import replay_sections, write_report
+
+        s = result.summary
+        write_report(args.report, f"simmoe replay: {s['model']} on {s['hw']}, {s['runtime']}, {s['policy']}",
+                     result.provenance.get("command"), result.provenance, replay_sections(result))
     if args.plot:
         from simmoe.plots import overview, save
 

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local process pool (default) or Ray")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and exit")
+    p.add_argument("--report", metavar="DIR", help="write DIR/index.html: a self-contained page with the results "
+                                                   "table, a throughput vs p90 TPOT figure, the provenance and the "
+                                                   "command")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
@@ -33,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from simmoe.sweeps.store import ResultStore, check_out
 
     check_out(args.out)
+    if args.report:
+        from simmoe.report import check_report_dir
+
+        if args.dry_run:
+            raise InputError("--report", args.report, "not written by --dry-run (nothing is run)")
+        check_report_dir(args.report)
     if args.address and args.backend != "ray":
         raise InputError("--address", args.address, "only used with --backend ray")
     spec = load_spec(args.spec)
@@ -57,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
             for msg, n in bad["error"].value_counts().head(5).items():
                 print(f"  {n} x {msg}")
     _note_others(len(rep.results) - len(mine), args.out)
+    if args.report:
+        from simmoe.provenance import sweep_provenance
+        from simmoe.report import sweep_sections, write_report
+
+        command = getattr(args, "command_line", None)
+        write_report(args.report, f"simmoe sweep: {args.spec}", command,
+                     sweep_provenance(args.spec, mine, command), sweep_sections(mine.reset_index(drop=True)))
     if rep.crashes:
         return 1
     if len(mine) and not (mine["status"] == "ok").any():  # recorded, but nothing to show for it

@@ -7,6 +7,8 @@ Format (Trace Event Format, "JSON object" form): {"traceEvents": [...], "display
 - Metadata events ("ph": "M") name the process and every track (thread_name, thread_sort_index).
 - Counter events ("ph": "C") per step of the window: expert-cache occupancy and GPU memory by part (GiB), the
   value after the step at its end, and the value before the window at its start.
+- `otherData` (the format's free-form metadata dictionary, shown as the trace's metadata): the run's
+  provenance (simmoe.provenance) when given.
 """
 
 from __future__ import annotations
@@ -92,9 +94,14 @@ def _mem(ts: float, row, expert_bytes: int, memory) -> dict:
 
 
 def write_chrome_trace(path: str | Path, events, steps: pd.DataFrame, title: str, expert_bytes: int,
-                       window: tuple[int, int] | None = None, memory: Mapping[str, int] | None = None) -> int:
-    """Write the trace atomically; returns the number of events."""
+                       window: tuple[int, int] | None = None, memory: Mapping[str, int] | None = None,
+                       metadata: Mapping | None = None) -> int:
+    """Write the trace atomically; returns the number of events. `metadata` (the run's provenance) goes into
+    `otherData`."""
     evs = trace_events(events, steps, title, expert_bytes, window, memory)
+    doc: dict = {"traceEvents": evs, "displayTimeUnit": "ms"}
+    if metadata:
+        doc["otherData"] = dict(metadata)
     with atomic_open(path) as f:
-        json.dump({"traceEvents": evs, "displayTimeUnit": "ms"}, f)
+        json.dump(doc, f, default=str)
     return len(evs)

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from simmoe.errors import InputError
+from simmoe.provenance import flat_columns
 from simmoe.sweeps.spec import POLICY_KINDS, Config, config_fields, param_names
 from simmoe.sweeps.store import ResultStore, flatten
 
@@ -58,7 +59,9 @@ def run_one(resolved: dict[str, Any]) -> dict[str, Any]:
 
             runtime = load_runtime(resolved.get("runtime") or resolve(pset).runtime, overrides)
         res = replay(_trace(str(resolved["trace"])), str(resolved["hw"]), pset, None, runtime=runtime, **cfg)
-        out = {"status": "ok", "error": "", **flatten(res.summary, reserved=param_names())}
+        # the run's provenance as flat columns: simmoe_version, trace/hw/runtime sha256, policies, settings
+        out = {"status": "ok", "error": "", **flatten(res.summary, reserved=param_names()),
+               **flat_columns(res.provenance)}
     except InputError as e:
         out = {"status": "error", "error": e.line()}
     except Exception as e:  # a simulator bug must not lose the rest of the sweep; recorded, retried on resume
