@@ -90,7 +90,7 @@ def run(request, tmp_path_factory):
     p = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"),
                        timeout=300)
     assert p.returncode == 0, p.stderr
-    return policy, validate(json.loads((d / "tl.json").read_text())), pd.read_csv(d / "steps.csv")
+    return policy, validate(json.loads((d / "tl.json").read_text())), pd.read_csv(d / "steps.csv", comment="#")
 
 
 def _tid(track: str) -> int:

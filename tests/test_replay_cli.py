@@ -39,7 +39,7 @@ def test_replay_prints_summary_and_writes_json(simmoe_cli, trace_file, tmp_path)
     assert 0 < data["tpot_ms"]["p50"] <= data["tpot_ms"]["p99"]
     import pandas as pd
 
-    steps = pd.read_csv(csv)
+    steps = pd.read_csv(csv, comment="#")  # the first line is the provenance comment
     assert len(steps) == data["steps"] and steps["hits"].sum() == data["hits"]
 
 
