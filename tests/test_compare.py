@@ -145,3 +145,17 @@ def test_bad_inputs(runs, tmp_path):
     csv = tmp_path / "foreign.csv"
     csv.write_text("a,b\n1,2\n")
     assert_clean_error(run_main("compare", csv), "foreign.csv", "not a simmoe sweep result table")
+
+
+def test_python_api_takes_results(runs):
+    from simmoe.engine.replay import replay
+
+    trace = json.loads((runs / "lru1.json").read_text())["trace"]
+    a = replay(trace, "a100-80gb-sxm", "lru", {"slots_per_layer": 1})
+    b = replay(trace, "a100-80gb-sxm", "lfu", {"slots_per_layer": 4})
+    df = compare([a, b, runs / "lru1.json"])
+    assert list(df.columns) == ["run1", "run2", "lru1"]
+    assert df.attrs["warnings"] == []  # the same trace file
+    for m in ("hits", "misses", "tpot_ms.p99", "ttft_ms.mean"):  # a Result and its --json give the same row
+        assert df.at[m, "run1"] == pytest.approx(df.at[m, "lru1"], rel=1e-12)
+    assert df.at["hits", "run2"] == b.summary["hits"]

@@ -101,3 +101,11 @@ def test_report_bad_dir(trace_file, tmp_path):
     assert_clean_error(run_main("replay", trace_file, "--hw", "rtx3090", "--report", tmp_path / "a" / "b"),
                        "--report", "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_sweep_report_needs_a_run(trace_file, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"trace: '{trace_file}'\ngrid:\n  hw: [rtx3090]\n")
+    assert_clean_error(run_main("sweep", spec, "--out", tmp_path / "r.csv", "--dry-run", "--report", tmp_path / "d"),
+                       "--report", "--dry-run")
+    assert not (tmp_path / "d").exists()
