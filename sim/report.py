@@ -4,7 +4,12 @@ no scripts, no external URLs) with sections, the provenance block and the exact 
 `write_report(dir, title, command, provenance, sections)` is the generic writer any command can call;
 `replay_sections(result)` and `sweep_sections(df)` build the sections of `replay --report` and
 `sweep --report`. The page is rendered completely in memory and written atomically: a failure leaves
-nothing behind (not even DIR, if this call would have created it).
+nothing behind (not even DIR, if this call would have created it). Another command adds a report so:
+
+    check_report_dir(args.report)                       # before any work: one line, exit 2 if unusable
+    ...
+    write_report(args.report, "simmoe plan", args.command_line, {"simmoe_version": __version__, ...},
+                 [Section("Feasible configurations", table=df), Section("Pareto front", figure=fig)])
 """
 
 from __future__ import annotations
