@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from simmoe import __version__
 from simmoe.errors import InputError
 from simmoe.provenance import flat_columns
 from simmoe.sweeps.spec import POLICY_KINDS, Config, config_fields, param_names
@@ -68,6 +69,7 @@ def run_one(resolved: dict[str, Any]) -> dict[str, Any]:
         last = traceback.extract_tb(e.__traceback__)[-1]
         out = {"status": "crash",
                "error": f"{type(e).__name__}: {e} ({Path(last.filename).name}:{last.lineno})"}
+    out.setdefault("simmoe_version", __version__)  # a failed configuration says which version failed it
     out["run_s"] = time.perf_counter() - t0
     return out
 
