@@ -160,3 +160,13 @@ def test_sweep_rows_carry_provenance(trace_file, tmp_path):
         assert df["runtime_sha256"].str.len().eq(64).all()
         assert [json.loads(p)["cache"] for p in df["policies"]] == ["lru", "lfu"]
         assert all(json.loads(s)["max_requests"] == 1 for s in df["settings"])
+
+
+@pytest.mark.parametrize("mode", ["pipeline", "expert"])
+def test_several_gpus_carry_provenance_and_requests(trace_file, mode):
+    res = replay(str(trace_file), "2x-rtx3090", "lru", {"slots_per_layer": 1}, parallel=mode, batch=2)
+    assert PROV_KEYS <= set(res.provenance)
+    assert res.provenance["hw"] == "2x-rtx3090" and res.provenance["settings"]["parallel"] == mode
+    assert res.provenance["hw_sha256"] == provenance.content_sha256(load_profile("2x-rtx3090"))
+    assert res.provenance["trace_sha256"] == sha(trace_file)
+    _check_requests(res)
