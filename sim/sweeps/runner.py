@@ -25,7 +25,7 @@ from simmoe.sweeps.store import ResultStore, flatten
 
 
 @lru_cache(maxsize=8)
-def _trace(path: str):
+def trace_at(path: str):
     from simmoe.trace.format import read_trace
 
     return read_trace(path)  # replay never mutates the trace it is given (max_requests selects a copy)
@@ -36,28 +36,35 @@ def _options(resolved: dict[str, Any], kind: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in resolved.items() if k.startswith(prefix)}
 
 
+def replay_args(resolved: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """A configuration's policy set, runtime profile (None: the policies' own) and ReplayConfig fields."""
+    from simmoe.policies.config import policy_set
+
+    cli: dict[str, Any] = {"cache": resolved.get("policy") or "lru", "cache_options": _options(resolved, "policy")}
+    for kind in POLICY_KINDS[1:]:
+        cli[kind] = resolved.get(kind)
+        cli[f"{kind}_options"] = _options(resolved, kind)
+    pset = policy_set(cli)
+    fields = set(config_fields())
+    cfg = {k: v for k, v in resolved.items() if k in fields}
+    runtime = None
+    overrides = {k.partition(".")[2]: v for k, v in resolved.items() if k.startswith("runtime_options.")}
+    if resolved.get("runtime") is not None or overrides:
+        from simmoe.engine.setup import resolve
+        from simmoe.runtime.profile import load_runtime
+
+        runtime = load_runtime(resolved.get("runtime") or resolve(pset).runtime, overrides)
+    return pset, runtime, cfg
+
+
 def run_one(resolved: dict[str, Any]) -> dict[str, Any]:
     """Replays one configuration; returns status, error, run_s and the flattened summary."""
     from simmoe.engine.replay import replay
-    from simmoe.policies.config import policy_set
 
     t0 = time.perf_counter()
     try:
-        cli: dict[str, Any] = {"cache": resolved.get("policy") or "lru", "cache_options": _options(resolved, "policy")}
-        for kind in POLICY_KINDS[1:]:
-            cli[kind] = resolved.get(kind)
-            cli[f"{kind}_options"] = _options(resolved, kind)
-        pset = policy_set(cli)
-        fields = set(config_fields())
-        cfg = {k: v for k, v in resolved.items() if k in fields}
-        runtime = None
-        overrides = {k.partition(".")[2]: v for k, v in resolved.items() if k.startswith("runtime_options.")}
-        if resolved.get("runtime") is not None or overrides:
-            from simmoe.engine.setup import resolve
-            from simmoe.runtime.profile import load_runtime
-
-            runtime = load_runtime(resolved.get("runtime") or resolve(pset).runtime, overrides)
-        res = replay(_trace(str(resolved["trace"])), str(resolved["hw"]), pset, None, runtime=runtime, **cfg)
+        pset, runtime, cfg = replay_args(resolved)
+        res = replay(trace_at(str(resolved["trace"])), str(resolved["hw"]), pset, None, runtime=runtime, **cfg)
         out = {"status": "ok", "error": "", **flatten(res.summary, reserved=param_names())}
     except InputError as e:
         out = {"status": "error", "error": e.line()}
