@@ -576,7 +576,8 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
     The search brackets, then bisects (geometrically) until the lowest infeasible rate is within `tol`
     (relative) of the highest feasible one. It starts at `start_rate`, or at the closed-loop throughput
     (requests/s with every request waiting at t=0: one extra replay per configuration), doubles up to
-    `max_rate` (default 64x the start) and halves down to start/1024. Each rate runs `seeds` arrival draws
+    `max_rate` (default 64x the start) and halves down to start/64 (or until halving changes no SLO
+    metric: the requests no longer meet). Each rate runs `seeds` arrival draws
     (seeds fixed, so the search is deterministic); feasibility is the mean over them. With a fixed seed the
     arrival times scale as 1/rate, so feasibility is monotone in the rate only approximately (continuous
     batching groups requests differently at each rate): the result is a rate found feasible, with a higher
@@ -585,7 +586,12 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
     One row per distinct run: max_rate (NaN: infeasible even at the lowest rate tried), rate_infeasible
     (NaN: feasible up to max_rate, `bounded` False), the SLO metrics, tokens_per_s and usd_per_mtok at
     max_rate (price_usd_per_hour / tokens per hour at that rate), binding (the SLO that fails at
-    rate_infeasible), replays, probes (rate: feasible?)."""
+    rate_infeasible), replays, probes (the rates tried in order, `x` after an infeasible one).
+
+    A finite trace is a short burst: above the capacity the queue grows only for as many requests as the
+    trace has, and at a high enough rate every request arrives at once. Give a TTFT (or queue / e2e) SLO and
+    enough requests (`base={"requests": N}` cycles the trace) for overload to show; with a TPOT SLO alone
+    the search may end at its cap (`bounded` False)."""
     slos = _validate_common(trace, slos, seeds, base, serving=True)
     for name, v in (("tol", tol), ("start_rate", start_rate), ("max_rate", max_rate)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
@@ -631,6 +637,7 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
 def _step(st: _Search, agg: dict[str, Any], slos: list[Slo], tol: float, max_rate: float | None) -> None:
     """Records the probe at st.next and picks the next rate (or ends the search)."""
     r = st.next
+    prev = st.hi_row
     if agg.get("status") != "ok":
         st.error, st.done = agg, True
         return
@@ -642,19 +649,28 @@ def _step(st: _Search, agg: dict[str, Any], slos: list[Slo], tol: float, max_rat
     else:
         st.hi, st.hi_row = r, agg
     cap = max_rate if max_rate is not None else 64 * st.start
-    floor = st.start / 1024
+    floor = st.start / 64
     if st.hi is None:  # feasible so far: go up
         nxt = _round_rate(min(r * 2, cap))
         st.done = nxt <= r  # feasible at the cap: unbounded within the search
     elif st.lo is None:  # infeasible so far: go down
         nxt = _round_rate(r / 2)
-        st.done = nxt < floor
+        # below the floor, or halving the rate changed none of the SLO metrics: the requests no longer
+        # meet (each runs alone), lower rates only add idle time
+        st.done = nxt < floor or (prev is not None and all(
+            _close(prev.get(s.metric), agg.get(s.metric)) for s in slos))
     else:
         st.done = st.hi <= st.lo * (1 + tol)
         nxt = _round_rate(math.sqrt(st.lo * st.hi))
         if nxt <= st.lo or nxt >= st.hi:  # the rounding leaves nothing between them
             st.done = True
     st.next = nxt
+
+
+def _close(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _max_rate_row(st: _Search, slos: list[Slo], ci: list[str]) -> dict[str, Any]:

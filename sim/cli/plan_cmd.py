@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "= all free GPU memory (default: E/8, E/4, E/2, auto)")
     p.add_argument("--batch", help="comma-separated batch sizes (default: 1,4)")
     p.add_argument("--max-requests", type=int, help="replay only the first N requests of the trace")
+    p.add_argument("--requests", type=int, help="cycle the trace's requests up to N (serving runs: enough "
+                                                "requests for a queue to build up above the capacity)")
     p.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
     p.add_argument("--out", help="keep the runs here (.parquet/.csv; reused when re-run)")
     p.add_argument("--json", metavar="OUT", help="write the result table and its context as JSON ('-': stdout; "
@@ -118,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     from simmoe.planning import _csv, check_slos, find_max_rate, plan, plot, plot_max_rate
 
     _check_flags(args)
-    base = {} if args.max_requests is None else {"max_requests": args.max_requests}
+    base = {k: v for k, v in (("max_requests", args.max_requests), ("requests", args.requests)) if v is not None}
     slos = check_slos(args.slo, source="--slo")
     if not Path(args.trace).is_file():
         raise InputError(args.trace, None, "trace file not found")
