@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from typing import Any
 
 # the Python API's parameter names (errors name them) -> this command's flags
@@ -17,22 +18,25 @@ FLAGS = {"slos": "--slo", "hws": "--hw", "policies": "--policies", "slots": "--s
          "max_rate": "--max-rate", "trace": "--trace"}
 
 
+_DESCRIPTION = "\n\n".join(textwrap.fill(t, 100) for t in (
+    "Replay a trace over hardware profiles x runtimes x policies x cache sizes x batch sizes (through the sweep "
+    "runner), keep the configurations that meet every --slo, rank them by $ per million decode tokens (profile "
+    "price_usd_per_hour / simulated throughput), and say for the others which constraint binds. With "
+    "--find-max-rate, find per configuration the highest Poisson arrival rate that meets every SLO instead.",
+    "Every SLO and option is checked before the first replay. Configurations that are the same run (a batch "
+    "larger than the requests that can run at once, 'auto' reaching an explicit cache size) run once and are "
+    "listed as merged.",
+    "Serving runs (--rate or --find-max-rate) draw arrivals with seeds 0..N-1 (--seeds N): feasibility is judged "
+    "on the MEAN over the seeds; the SLO metrics and throughput are shown with a 95% bootstrap confidence "
+    "interval of that mean (scipy.stats.bootstrap).",
+    "Exit status: 0 some configuration meets every SLO, 1 none does, 2 bad input."))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan", help="cheapest hw x policy x cache x batch meeting latency SLOs, or the most load each sustains",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Replay a trace over hardware profiles x runtimes x policies x cache sizes x batch sizes "
-                    "(through the sweep runner), keep the configurations that meet every --slo, rank them by $ "
-                    "per million decode tokens (profile price_usd_per_hour / simulated throughput), and say for "
-                    "the others which constraint binds. With --find-max-rate, find per configuration the "
-                    "highest Poisson arrival rate that meets every SLO instead.\n\n"
-                    "Every SLO and option is checked before the first replay. Configurations that are the same "
-                    "run (a batch larger than the requests that can run at once, 'auto' reaching an explicit "
-                    "cache size) run once and are listed as merged.\n\n"
-                    "Serving runs (--rate or --find-max-rate) draw arrivals with seeds 0..N-1 (--seeds N): "
-                    "feasibility is judged on the MEAN over the seeds; the SLO metrics and throughput are "
-                    "shown with a 95%% bootstrap confidence interval of that mean (scipy.stats.bootstrap).\n\n"
-                    "Exit status: 0 some configuration meets every SLO, 1 none does, 2 bad input.")
+        description=_DESCRIPTION)
     p.add_argument("--trace", required=True, help="simmoe-trace/1 .npz file")
     p.add_argument("--slo", action="append", required=True, metavar="METRIC=LIMIT",
                    help="tpot_p95_ms=150, ttft_p99_ms=2000 (latency percentiles mean|p50|p90|p95|p99 of "
