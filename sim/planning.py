@@ -19,9 +19,11 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,9 +289,18 @@ class Runs:
         self.records: dict[str, dict[str, Any]] = {}
         self.ran = 0
         self.reused = 0
+        self.pool: Executor | None = None  # one warm pool for every batch (a search runs many small ones)
+
+    def __enter__(self) -> Runs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from simmoe.sweeps.runner import run_sweep
+        from simmoe.sweeps.runner import process_pool, run_sweep
         from simmoe.sweeps.spec import build_configs
 
         configs = [build_configs([r], Path("."), "plan")[0] for r in rows]
@@ -301,7 +312,10 @@ class Runs:
                 if self.on_replay:
                     self.on_replay()
 
-            rep = run_sweep(todo, self.out, workers=self.workers, progress=False, on_record=count)
+            workers = self.workers or os.cpu_count() or 1
+            if self.pool is None and workers > 1 and len(todo) > 1:
+                self.pool = process_pool(workers)
+            rep = run_sweep(todo, self.out, workers=workers, progress=False, on_record=count, pool=self.pool)
             self.reused += rep.skipped
             done = {c.key for c in todo}
             for rec in rep.results.to_dict("records"):
@@ -488,12 +502,15 @@ def label(row: pd.Series | dict[str, Any]) -> str:
     return f"{row['hw']}{split} {row['policy']}{size}{on} b{int(row['batch'])}"
 
 
-def _validate_common(trace: str, slos, seeds: int, base: dict[str, Any] | None, serving: bool) -> list[Slo]:
+def _validate_common(trace: str, slos, seeds: int, base: dict[str, Any] | None, serving: bool,
+                     workers: int | None) -> list[Slo]:
     base = base or {}
     slo_runs = base.get("slo_ttft_ms") is not None or base.get("slo_tpot_ms") is not None
     out = check_slos(slos, per_request_slo=slo_runs)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise InputError("seeds", None, f"must be an integer >= 1, got {seeds!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InputError("workers", None, f"must be an integer >= 1 (None: every CPU), got {workers!r}")
     if seeds > 1 and not serving:
         raise InputError("seeds", None, "seeds are arrival draws: only used with a rate (serving runs) or "
                                         "find_max_rate")
@@ -531,13 +548,13 @@ def plan(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str] | None =
     `usd_per_mtok`, `merged` (the configurations that were the same run). `rate`: Poisson arrivals at that
     many requests/s, `seeds` arrival draws each (mean and 95% CI; feasibility on the mean). Nothing runs
     until every input has been checked. `attrs`: configurations, runs, replays_run, replays_reused."""
-    slos = _validate_common(trace, slos, seeds, base, serving=rate is not None)
+    slos = _validate_common(trace, slos, seeds, base, serving=rate is not None, workers=workers)
     rows = search_space(trace, hws, policies, slots, batches, rate, base, runtimes)
     groups = merge_identical(rows)
     ci = list(dict.fromkeys([s.metric for s in slos] + ["tokens_per_s"])) if rate is not None else []
     with _store(out) as path, _bar(progress, "plan") as bar:
-        runs = Runs(path, workers, bar.update)
-        recs = runs(_rows_of(groups, seeds))
+        with Runs(path, workers, bar.update) as runs:
+            recs = runs(_rows_of(groups, seeds))
     per = [aggregate(recs[i * seeds:(i + 1) * seeds], ci) for i in range(len(groups))]
     df = _finish(pd.DataFrame(per), groups, runs)
     ev = evaluate(df, slos)
@@ -592,7 +609,7 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
     trace has, and at a high enough rate every request arrives at once. Give a TTFT (or queue / e2e) SLO and
     enough requests (`base={"requests": N}` cycles the trace) for overload to show; with a TPOT SLO alone
     the search may end at its cap (`bounded` False)."""
-    slos = _validate_common(trace, slos, seeds, base, serving=True)
+    slos = _validate_common(trace, slos, seeds, base, serving=True, workers=workers)
     for name, v in (("tol", tol), ("start_rate", start_rate), ("max_rate", max_rate)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                               or v <= 0):
@@ -606,8 +623,7 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
     groups = merge_identical(rows)
     ci = list(dict.fromkeys([s.metric for s in slos] + ["tokens_per_s"]))
     states = [_Search(g) for g in groups]
-    with _store(out) as path, _bar(progress, "find max rate") as bar:
-        runs = Runs(path, workers, bar.update)
+    with _store(out) as path, _bar(progress, "find max rate") as bar, Runs(path, workers, bar.update) as runs:
         if start_rate is None:  # the closed-loop throughput: where the search starts
             closed = runs([{k: v for k, v in g.params.items() if k not in ("arrivals", "rate", "seed")}
                            for g in groups])

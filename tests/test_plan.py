@@ -192,15 +192,16 @@ def toy(tmp_path):
     ({"runtimes": ["nope"]}, "runtimes: "),
     ({"seeds": 0, "rate": 1.0}, "seeds: must be an integer >= 1"),
     ({"seeds": 3}, "seeds: seeds are arrival draws"),
+    ({"workers": 0}, "workers: must be an integer >= 1"),
 ])
 def test_plan_checks_inputs_before_any_replay(toy, no_replays, kw, needle):
     from simmoe.planning import plan
 
     args = {"slos": ["tpot_p95_ms=100"], "hws": ["rtx3090"], "policies": ["lru"], "slots": [2], "batches": [1],
-            **kw}
+            "workers": 1, **kw}
     slos = args.pop("slos")
     with pytest.raises(InputError) as e:
-        plan(toy, slos, workers=1, progress=False, **args)
+        plan(toy, slos, progress=False, **args)
     assert needle in e.value.line()
 
 
@@ -395,3 +396,19 @@ def test_pareto_front_property(points, minimize):
 
     for i in range(len(a)):
         assert mask[i] == (not dominated(i))
+
+
+def test_find_max_rate_with_seeds_and_a_pool_is_the_same_search(toy):
+    """Seeds multiply the replays per probe (and one closed-loop run starts the search); one warm process
+    pool serves every round and gives the in-process answer."""
+    from simmoe.planning import find_max_rate
+
+    kw = {"hws": ["rtx3090"], "policies": ["lru"], "slots": [2], "batches": [1, 2], "seeds": 2, "tol": 0.1,
+          "progress": False}
+    one = find_max_rate(toy, ["ttft_p95_ms=25"], workers=1, **kw)
+    two = find_max_rate(toy, ["ttft_p95_ms=25"], workers=2, **kw)
+    cols = ["max_rate", "rate_infeasible", "probes", "replays", "ttft_ms.p95", "ttft_ms.p95.ci_low"]
+    pd.testing.assert_frame_equal(one[cols], two[cols])
+    for _, r in one.iterrows():
+        assert r["replays"] == 1 + 2 * len(r["probes"].split(", "))
+    assert one.attrs["replays_run"] == one["replays"].sum()

@@ -15,7 +15,7 @@ from typing import Any
 # the Python API's parameter names (errors name them) -> this command's flags
 FLAGS = {"slos": "--slo", "hws": "--hw", "policies": "--policies", "slots": "--slots", "batches": "--batch",
          "runtimes": "--runtimes", "seeds": "--seeds", "tol": "--tol", "start_rate": "--rate",
-         "max_rate": "--max-rate", "trace": "--trace"}
+         "max_rate": "--max-rate", "trace": "--trace", "workers": "--workers"}
 
 
 _DESCRIPTION = "\n\n".join(textwrap.fill(t, 100) for t in (

@@ -12,6 +12,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -92,23 +93,36 @@ class SweepReport:
     results: pd.DataFrame
 
 
-def _local(todo: list[Config], workers: int) -> Iterator[tuple[Config, dict[str, Any]]]:
-    if workers <= 1:  # in-process: no pool start-up, and tracebacks stay readable under a debugger
+def process_pool(workers: int) -> Executor:
+    """The local backend's pool; spawn: the parent may hold threads (tqdm's monitor, BLAS) that fork would
+    copy in a broken state."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+
+def _local(todo: list[Config], workers: int, pool: Executor | None = None) -> Iterator[tuple[Config, dict[str, Any]]]:
+    if pool is None and workers <= 1:  # in-process: no pool start-up, tracebacks readable under a debugger
         for cfg in todo:
             yield cfg, run_one(cfg.resolved)
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    # spawn: the parent may hold threads (tqdm's monitor, BLAS) that fork would copy in a broken state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, cfg.resolved): cfg for cfg in todo}
-        try:
-            for fut in as_completed(futures):
-                yield futures[fut], fut.result()
-        except BaseException:
+    own = pool is None
+    pool = pool or process_pool(workers)
+    futures = {pool.submit(run_one, cfg.resolved): cfg for cfg in todo}
+    try:
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        if own:
             pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        raise
+    if own:
+        pool.shutdown()
 
 
 def _ray(todo: list[Config], workers: int | None, address: str | None) -> Iterator[tuple[Config, dict[str, Any]]]:
@@ -139,10 +153,12 @@ def _ray(todo: list[Config], workers: int | None, address: str | None) -> Iterat
 
 def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None, backend: str = "local",
               address: str | None = None, progress: bool | None = None,
-              on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepReport:
+              on_record: Callable[[dict[str, Any]], None] | None = None,
+              pool: Executor | None = None) -> SweepReport:
     """Runs the configurations not yet in `out`, appending each record as it finishes; writes the table.
 
-    progress: None shows a tqdm bar when stderr is a terminal."""
+    progress: None shows a tqdm bar when stderr is a terminal. pool: a process_pool() the local backend
+    uses instead of starting its own (callers that run many small batches keep one warm)."""
     from tqdm import tqdm
 
     if backend not in ("local", "ray"):
@@ -155,7 +171,8 @@ def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None
     todo = [c for c in configs if c.key not in done]
     workers = workers or os.cpu_count() or 1
     counts = {"ok": 0, "error": 0, "crash": 0}
-    gen = _local(todo, min(workers, max(1, len(todo)))) if backend == "local" else _ray(todo, workers, address)
+    gen = _local(todo, min(workers, max(1, len(todo))), pool) if backend == "local" \
+        else _ray(todo, workers, address)
     try:
         with tqdm(total=len(todo), unit="cfg", disable=(None if progress is None else not progress),
                   desc="sweep") as bar:
