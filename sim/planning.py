@@ -343,7 +343,7 @@ def _store(out: str | Path | None) -> Iterator[Path]:
 def _bar(progress: bool | None, desc: str):
     from tqdm import tqdm
 
-    return tqdm(desc=desc, unit="replay", disable=(None if progress is None else not progress), leave=False)
+    return tqdm(desc=desc, unit=" replays", disable=(None if progress is None else not progress), leave=False)
 
 
 # ---- seeds and confidence intervals --------------------------------------------------------------------------

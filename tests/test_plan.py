@@ -99,6 +99,9 @@ def test_plan_cli(simmoe_cli, tmp_path):
     assert costs == sorted(costs) and len(costs) == 12
     ev = evaluate(df, [parse_slo("tpot_p95_ms=1e6")])
     assert costs[0] == pytest.approx(ev["usd_per_mtok"].min(), abs=5e-4)
+    from simmoe.planning import known_metrics
+
+    assert set(known_metrics()) <= set(df.columns)  # SLO names are the sweep table's columns
     assert png.stat().st_size > 10_000
     # a tight SLO on the same results: nothing feasible, each hw x policy says what binds
     tight = evaluate(df, [parse_slo("tpot_p90_ms=0.001")])
@@ -283,6 +286,15 @@ def test_identical_runs_are_merged_and_are_identical(tmp_path):
               batches=[1, 4], workers=1, progress=False)
     assert len(ev) == 3 and ev.attrs == {"configurations": 8, "runs": 3, "replays_run": 3, "replays_reused": 0}
     assert ev.iloc[1]["merged"] == "rtx3090 lru 8/layer b4; rtx3090 lru b1; rtx3090 lru b4"
+    from conftest import run_main
+
+    res = run_main("plan", "--trace", one, "--slo", "tpot_p95_ms=1e6", "--hw", "rtx3090", "--policies",
+                   "lru,ondemand", "--slots", "2,8,auto", "--batch", "1,4", "--workers", "1")
+    assert res.returncode == 0, res.stderr
+    assert "8 configurations, 3 distinct runs; replays: 3 run, 0 reused" in res.stdout
+    assert "merged (the same run, reported once): 5 configurations" in res.stdout
+    assert "rtx3090 lru 2/layer b4  =  rtx3090 lru 2/layer b1   (1 request (effective batch 1), cache 2 slots " \
+           "per layer)" in res.stdout
     # two requests: batch 1 and 2 differ, nothing merges
     two = tmp_path / "two.npz"
     write_trace(random_trace(rows=30, layers=4, experts=8, k=2, requests=2, seed=3, prefill=4), two)
