@@ -258,8 +258,11 @@ def _effective(row: dict[str, Any]) -> tuple[tuple, str] | None:
             d = {k: v for k, v in d.items() if k not in SIZE_OPTIONS}  # their effect is the sizing below
         pols.append((kind, None if cls is None else f"{cls.__module__}.{cls.__qualname__}",
                      json.dumps(d, sort_keys=True, default=str)))
+    # the memory plan but its KV reservation (batch x longest request: it only decides the fit and the
+    # sizing above); the activations of an online run grow with the batch and show in the peak memory
+    mem = (sc.memory.dense, sc.memory.activations, sc.memory.staging, sc.memory.expert_bytes)
     key = (str(row["trace"]), sc.hw_name, sc.hw.model_dump_json(), sc.runtime.model_dump_json(), tuple(pols),
-           sc.cache.scope, sc.cache.capacity, json.dumps(settings, sort_keys=True, default=str))
+           sc.cache.scope, sc.cache.capacity, mem, json.dumps(settings, sort_keys=True, default=str))
     per = sorted(set(sc.cache.capacity))
     why = f"{n} request{'s' if n != 1 else ''} (effective batch {settings['batch']}), cache " + \
           ("/".join(map(str, per)) + (" slots per layer" if sc.cache.scope == "layer" else " slots"))

@@ -295,6 +295,10 @@ def test_identical_runs_are_merged_and_are_identical(tmp_path):
     assert "merged (the same run, reported once): 5 configurations" in res.stdout
     assert "rtx3090 lru 2/layer b4  =  rtx3090 lru 2/layer b1   (1 request (effective batch 1), cache 2 slots " \
            "per layer)" in res.stdout
+    # serving: a step holds up to max(batch, prefill) tokens; batch 8 > the 4-row prompt reserves more
+    # activation memory (the peak memory differs), batches 1 and 2 do not
+    served = search_space(str(one), ["rtx3090"], ["lru"], [2], [1, 2, 8], rate=1.0)
+    assert [len(g.rows) for g in merge_identical(served)] == [2, 1]
     # two requests: batch 1 and 2 differ, nothing merges
     two = tmp_path / "two.npz"
     write_trace(random_trace(rows=30, layers=4, experts=8, k=2, requests=2, seed=3, prefill=4), two)
