@@ -604,8 +604,9 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
     one within `tol` found infeasible.
 
     One row per distinct run: max_rate (NaN: infeasible even at the lowest rate tried), rate_infeasible
-    (NaN: feasible up to max_rate, `bounded` False), the SLO metrics, tokens_per_s and usd_per_mtok at
-    max_rate (price_usd_per_hour / tokens per hour at that rate), binding (the SLO that fails at
+    (NaN: feasible up to max_rate, `bounded` False), the SLO metrics and tokens_per_s (simulated) at
+    max_rate, tokens_per_s_offered (max_rate x decode tokens per request) and usd_per_mtok
+    (price_usd_per_hour / offered tokens per hour), binding (the SLO that fails at
     rate_infeasible), replays, probes (the rates tried in order, `x` after an infeasible one).
 
     A finite trace is a short burst: above the capacity the queue grows only for as many requests as the
@@ -720,7 +721,10 @@ def _max_rate_row(st: _Search, slos: list[Slo], ci: list[str]) -> dict[str, Any]
         for suffix in ("", ".ci_low", ".ci_high"):
             if m + suffix in at:
                 row[m + suffix] = at[m + suffix]
-    tps = float(at.get("tokens_per_s") or math.nan)
+    # the load served: the rate times the decode tokens a request brings (the simulated tokens_per_s of a
+    # finite run also counts the drain after the last arrival)
+    per_request = float(at.get("decode_tokens") or 0) / float(at.get("summary.requests") or math.nan)
+    row["tokens_per_s_offered"] = tps = st.lo * per_request
     row["usd_per_mtok"] = row["usd_per_hour"] / (tps * 3600) * 1e6 if tps > 0 else math.nan
     return row
 

@@ -328,7 +328,10 @@ def test_find_max_rate_finds_the_boundary(toy, tmp_path):
     assert at[lo]["ttft_ms.p95"] <= 25 < at[hi]["ttft_ms.p95"]
     assert r["ttft_ms.p95"] == pytest.approx(at[lo]["ttft_ms.p95"])
     price = load_profile("rtx3090").price_usd_per_hour
-    assert r["usd_per_mtok"] == pytest.approx(price / (at[lo]["tokens_per_s"] * 3600) * 1e6)
+    per_request = at[lo]["decode_tokens"] / at[lo]["summary.requests"]  # 2 requests of 20 decode tokens
+    assert per_request == 20
+    assert r["tokens_per_s_offered"] == pytest.approx(lo * per_request)
+    assert r["usd_per_mtok"] == pytest.approx(price / (lo * per_request * 3600) * 1e6)
     # the same search again reuses every run kept in `out`
     again = find_max_rate(toy, slos, tol=tol, out=str(out), **kw)
     assert again.attrs["replays_run"] == 0 and again.iloc[0]["max_rate"] == lo

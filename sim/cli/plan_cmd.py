@@ -239,13 +239,17 @@ def _print_max_rate(df, slos, args, out) -> None:
         print(f"\nmost load within the SLOs, cheapest per token at that load first (top {min(args.top, len(best))}"
               f" of {len(best)}; req/s: the highest rate found feasible, then the lowest found infeasible):",
               file=out)
-        print(f"  {'#':>3}  {'configuration':<40} {'req/s':>9} {'fails at':>9} {'$/Mtok':>9} {'tok/s':>{w}} "
-              + " ".join(f"{m:>{w}}" for m in metrics) + f" {'replays':>7}", file=out)
+        print(f"  {'#':>3}  {'configuration':<40} {'req/s':>9} {'fails at':>9} {'tok/s':>8} {'$/Mtok':>9} "
+              f"{'sim tok/s':>{w}} " + " ".join(f"{m:>{w}}" for m in metrics) + f" {'replays':>7}", file=out)
         for i, (_, r) in enumerate(best.head(args.top).iterrows(), 1):
             hi = f"{r['rate_infeasible']:.4g}" if r["bounded"] else "(cap)"
             vals = " ".join(f"{_ci(r, m, seeds):>{w}}" for m in metrics)
-            print(f"  {i:>3}  {label(r):<40} {r['max_rate']:>9.4g} {hi:>9} {r['usd_per_mtok']:>9.3f} "
-                  f"{_ci(r, 'tokens_per_s', seeds):>{w}} {vals} {r['replays']:>7}", file=out)
+            print(f"  {i:>3}  {label(r):<40} {r['max_rate']:>9.4g} {hi:>9} {r['tokens_per_s_offered']:>8.4g} "
+                  f"{r['usd_per_mtok']:>9.3f} {_ci(r, 'tokens_per_s', seeds):>{w}} {vals} {r['replays']:>7}",
+                  file=out)
+        print("  tok/s: the load at that rate (rate x decode tokens per request), what $/Mtok is priced on; "
+              "sim tok/s: the simulated run's throughput (it includes the drain after the last arrival)",
+              file=out)
         if not best["bounded"].all():
             print("  (cap): every SLO still held at the highest rate tried (--max-rate; default 64x the start)",
                   file=out)
