@@ -618,6 +618,10 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                               or v <= 0):
             raise InputError(name, None, f"must be a finite number > 0, got {v!r}")
+    fixed = sorted({"rate", "arrivals", "cv"} & set(base or {}))
+    if fixed:
+        raise InputError("base", fixed[0], "find_max_rate searches the Poisson arrival rate: leave the arrivals "
+                                           "to it (start_rate: where the search starts)")
     if not 0.001 <= tol <= 1:
         raise InputError("tol", None, f"relative tolerance must be in [0.001, 1], got {tol:g}")
     if start_rate is not None and max_rate is not None and max_rate < start_rate:

@@ -212,6 +212,7 @@ def test_plan_checks_inputs_before_any_replay(toy, no_replays, kw, needle):
     ({"slos": ["tpot_p95_msx=100"]}, "slos: tpot_p95_msx"),
     ({"tol": 0.0}, "tol: must be"), ({"tol": 2.0}, "tol: relative tolerance"),
     ({"start_rate": -1.0}, "start_rate: "), ({"max_rate": 0.5, "start_rate": 1.0}, "max_rate: must be >="),
+    ({"base": {"rate": 3.0}}, "base: rate: find_max_rate searches"), ({"seeds": 0}, "seeds: must be"),
 ])
 def test_find_max_rate_checks_inputs_before_any_replay(toy, no_replays, kw, needle):
     from simmoe.planning import find_max_rate
