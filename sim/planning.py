@@ -505,7 +505,7 @@ def label(row: pd.Series | dict[str, Any]) -> str:
     return f"{row['hw']}{split} {row['policy']}{size}{on} b{int(row['batch'])}"
 
 
-def _validate_common(trace: str, slos, seeds: int, base: dict[str, Any] | None, serving: bool,
+def _validate_common(slos, seeds: int, base: dict[str, Any] | None, serving: bool,
                      workers: int | None) -> list[Slo]:
     base = base or {}
     slo_runs = base.get("slo_ttft_ms") is not None or base.get("slo_tpot_ms") is not None
@@ -551,7 +551,7 @@ def plan(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str] | None =
     `usd_per_mtok`, `merged` (the configurations that were the same run). `rate`: Poisson arrivals at that
     many requests/s, `seeds` arrival draws each (mean and 95% CI; feasibility on the mean). Nothing runs
     until every input has been checked. `attrs`: configurations, runs, replays_run, replays_reused."""
-    slos = _validate_common(trace, slos, seeds, base, serving=rate is not None, workers=workers)
+    slos = _validate_common(slos, seeds, base, serving=rate is not None, workers=workers)
     rows = search_space(trace, hws, policies, slots, batches, rate, base, runtimes)
     groups = merge_identical(rows)
     ci = list(dict.fromkeys([s.metric for s in slos] + ["tokens_per_s"])) if rate is not None else []
@@ -613,7 +613,7 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
     trace has, and at a high enough rate every request arrives at once. Give a TTFT (or queue / e2e) SLO and
     enough requests (`base={"requests": N}` cycles the trace) for overload to show; with a TPOT SLO alone
     the search may end at its cap (`bounded` False)."""
-    slos = _validate_common(trace, slos, seeds, base, serving=True, workers=workers)
+    slos = _validate_common(slos, seeds, base, serving=True, workers=workers)
     for name, v in (("tol", tol), ("start_rate", start_rate), ("max_rate", max_rate)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                               or v <= 0):
