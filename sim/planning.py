@@ -740,7 +740,8 @@ def ranked_max_rate(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---- figures -------------------------------------------------------------------------------------------------
 def plot(ev: pd.DataFrame, slos: list[Slo], path: str) -> None:
-    """Two panels: the first SLO's metric against $/Mtok and against peak GPU memory, Pareto fronts drawn."""
+    """Two panels: the first SLO's metric against $/Mtok and against peak GPU memory, Pareto fronts drawn
+    (with seeds, each point's 95% CI as an error bar)."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -763,6 +764,12 @@ def plot(ev: pd.DataFrame, slos: list[Slo], path: str) -> None:
                 h = g[g["feasible"] == feas]
                 ax.scatter(h[xcol] * xscale, h[slo.metric], s=28, marker="o",
                            facecolors=colors[hw] if feas else "none", edgecolors=colors[hw])
+                lo_col, hi_col = f"{slo.metric}.ci_low", f"{slo.metric}.ci_high"
+                if lo_col in h and h[lo_col].notna().any():  # seeds: the 95% CI of the mean
+                    y = h[slo.metric].to_numpy(float)
+                    err = np.vstack([y - h[lo_col].to_numpy(float), h[hi_col].to_numpy(float) - y])
+                    ax.errorbar(h[xcol] * xscale, y, yerr=np.nan_to_num(err), fmt="none", ecolor=colors[hw],
+                                alpha=0.6, lw=1)
         if len(ok):
             x = ok[xcol].to_numpy(float) * xscale
             y = ok[slo.metric].to_numpy(float)

@@ -371,8 +371,8 @@ def test_bootstrap_ci_contains_the_mean_and_narrows():
     assert m == 5.0 and math.isnan(lo) and math.isnan(hi)  # one seed: no interval
 
 
-def test_seeds_give_a_ci_that_narrows_with_more_seeds(toy):
-    from simmoe.planning import plan
+def test_seeds_give_a_ci_that_narrows_with_more_seeds(toy, tmp_path):
+    from simmoe.planning import check_slos, plan, plot
 
     kw = {"hws": ["rtx3090"], "policies": ["lru"], "slots": [2], "batches": [1], "rate": 20.0, "workers": 1,
           "progress": False}
@@ -386,7 +386,10 @@ def test_seeds_give_a_ci_that_narrows_with_more_seeds(toy):
     assert width["many"] < width["few"]
     # feasibility is judged on the mean: a limit between the mean and the upper bound is met
     mid = (many["ttft_ms.p95"] + many["ttft_ms.p95.ci_high"]) / 2
-    assert plan(toy, [f"ttft_p95_ms={mid}"], seeds=12, **kw).iloc[0]["feasible"]
+    ev = plan(toy, [f"ttft_p95_ms={mid}"], seeds=12, **kw)
+    assert ev.iloc[0]["feasible"]
+    plot(ev, check_slos([f"ttft_p95_ms={mid}"]), str(tmp_path / "ci.png"))  # the CI drawn as error bars
+    assert (tmp_path / "ci.png").stat().st_size > 10_000
 
 
 # ---- the one Pareto front ------------------------------------------------------------------------------------
