@@ -25,8 +25,19 @@ from simmoe.sweeps.spec import POLICY_KINDS, Config, config_fields, param_names
 from simmoe.sweeps.store import ResultStore, flatten
 
 
-@lru_cache(maxsize=8)
 def trace_at(path: str):
+    """The trace in `path`, read once per version of the file (a notebook may rewrite it between runs)."""
+    try:
+        st = os.stat(path)
+    except OSError:  # read_trace says what is wrong, as an InputError naming the file
+        from simmoe.trace.format import read_trace
+
+        return read_trace(path)
+    return _read(path, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=8)
+def _read(path: str, mtime_ns: int, size: int):
     from simmoe.trace.format import read_trace
 
     return read_trace(path)  # replay never mutates the trace it is given (max_requests selects a copy)
