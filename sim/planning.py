@@ -242,11 +242,19 @@ def _effective(row: dict[str, Any]) -> tuple[tuple, str] | None:
     try:
         pset, runtime, fields = replay_args(row)
         cfg = ReplayConfig(**fields)
-        sc = prepare(trace_at(str(row["trace"])), load_profile(row["hw"]), pset, cfg, hw_name=str(row["hw"]),
-                     runtime=runtime)
+        args = (trace_at(str(row["trace"])), load_profile(row["hw"]), pset, cfg, str(row["hw"]), runtime)
+        if cfg.parallel != "none":  # several GPUs: each has its own memory plan and cache
+            from simmoe.engine.parallel import prepare_parallel
+
+            ps = prepare_parallel(*args)
+            parts = ps.devices
+            sc = ps.driver
+        else:
+            sc = prepare(*args)
+            parts = (sc,)
     except InputError:
         return None
-    r = sc.policies
+    r = parts[0].policies
     n = len(sc.ri.ids)
     settings = cfg.model_dump()
     settings["batch"] = min(cfg.batch, n)
@@ -260,10 +268,12 @@ def _effective(row: dict[str, Any]) -> tuple[tuple, str] | None:
                      json.dumps(d, sort_keys=True, default=str)))
     # the memory plan but its KV reservation (batch x longest request: it only decides the fit and the
     # sizing above); the activations of an online run grow with the batch and show in the peak memory
-    mem = (sc.memory.dense, sc.memory.activations, sc.memory.staging, sc.memory.expert_bytes)
-    key = (str(row["trace"]), sc.hw_name, sc.hw.model_dump_json(), sc.runtime.model_dump_json(), tuple(pols),
-           sc.cache.scope, sc.cache.capacity, mem, json.dumps(settings, sort_keys=True, default=str))
-    per = sorted(set(sc.cache.capacity))
+    devices = tuple((p.cache.scope, p.cache.capacity, p.memory.dense, p.memory.activations, p.memory.staging,
+                     p.memory.expert_bytes, p.runtime.model_dump_json()) for p in parts)
+    key = (str(row["trace"]), str(row["hw"]), parts[0].hw.model_dump_json(), tuple(pols), devices,
+           json.dumps(settings, sort_keys=True, default=str))
+    per = sorted({c for p in parts for c in p.cache.capacity})
+    sc = parts[0]
     why = f"{n} request{'s' if n != 1 else ''} (effective batch {settings['batch']}), cache " + \
           ("/".join(map(str, per)) + (" slots per layer" if sc.cache.scope == "layer" else " slots"))
     return key, why
