@@ -435,3 +435,23 @@ def test_find_max_rate_with_seeds_and_a_pool_is_the_same_search(toy):
     for _, r in one.iterrows():
         assert r["replays"] == 1 + 2 * len(r["probes"].split(", "))
     assert one.attrs["replays_run"] == one["replays"].sum()
+
+
+def test_identical_runs_merge_on_several_gpus():
+    """Each GPU's cache sizing and memory plan are part of the key: one request at batch 1 and 4 is the same
+    run split by layers or by experts (the summaries differ only in the KV reservation they report)."""
+    from simmoe.engine.replay import replay
+    from simmoe.planning import merge_identical, search_space
+
+    trace = "traces/mixtral-8x7b-synth.npz"
+    rows = search_space(trace, ["2x-rtx3090"], ["lru"], [None], [1, 4], base={"max_requests": 1})
+    groups = merge_identical(rows)
+    assert sorted(g.params["parallel"] for g in groups) == ["expert", "pipeline"]
+    assert all([r["batch"] for r in g.rows] == [1, 4] for g in groups)
+    a = replay(trace, "2x-rtx3090", "lru", {}, batch=1, max_requests=1, parallel="expert").summary
+    b = replay(trace, "2x-rtx3090", "lru", {}, batch=4, max_requests=1, parallel="expert").summary
+    for s in (a, b):
+        for d in s["parallel"]["devices"]:
+            d.pop("kv_reserved_bytes")
+    drop = {"batch", "wall_s"}
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
