@@ -307,24 +307,13 @@ def memory_over_time(result: Result, ax: Axes | None = None) -> Axes:
 
 
 # ---- Pareto front --------------------------------------------------------------------------------------------
-def pareto_mask(df: pd.DataFrame, x: str, y: str, minimize: tuple[bool, bool] = (True, True)) -> np.ndarray:
-    """True for rows no other row beats: at least as good on both x and y and better on one."""
-    a = df[x].to_numpy(dtype=float) * (1 if minimize[0] else -1)
-    b = df[y].to_numpy(dtype=float) * (1 if minimize[1] else -1)
-    order = np.lexsort((b, a))  # by a, then b
-    mask = np.zeros(len(df), dtype=bool)
-    best_b, last = np.inf, None
-    for i in order:
-        if b[i] < best_b or (last is not None and a[i] == a[last] and b[i] == b[last]):
-            mask[i] = True
-            best_b, last = min(best_b, b[i]), i
-    return mask
-
-
 def pareto_front(df: pd.DataFrame, x: str, y: str, label: str | None = None,
                  minimize: tuple[bool, bool] = (True, True), ax: Axes | None = None) -> Axes:
-    """All points in grey, the Pareto-optimal ones highlighted, joined as a staircase and labelled."""
-    mask = pareto_mask(df, x, y, minimize)
+    """All points in grey, the Pareto-optimal ones (simmoe.planning.pareto_mask) highlighted, joined as a
+    staircase and labelled."""
+    from simmoe.planning import pareto_mask
+
+    mask = pareto_mask(df[x], df[y], minimize)
     ax = _axes(ax)
     ax.scatter(df.loc[~mask, x], df.loc[~mask, y], color="#bbbbbb", s=20, label="dominated")
     front = df[mask].sort_values(x)

@@ -10,8 +10,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from conftest import assert_clean_error, random_trace  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -130,27 +128,12 @@ def test_memory_over_time(lru):
     assert ax.get_ylabel() == "GPU memory (GiB)"
 
 
-def test_pareto_mask_example():
+def test_pareto_front_draws_the_planning_front():
+    # the front itself is simmoe.planning.pareto_mask (tests/test_plan.py); this checks what is drawn
     df = pd.DataFrame({"cost": [1, 2, 3, 2, 1, 4], "lat": [5, 3, 1, 4, 5, 1], "name": list("abcdef")})
-    assert plots.pareto_mask(df, "cost", "lat").tolist() == [True, True, True, False, True, False]
-    assert plots.pareto_mask(df, "cost", "lat", minimize=(True, False)).tolist() == [
-        True, False, False, False, True, False]
     ax = plots.pareto_front(df, "cost", "lat", label="name")
     assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c", "e"]
     assert ax.get_xlabel() == "cost" and ax.get_ylabel() == "lat"
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=25))
-def test_pareto_mask_property(points):
-    df = pd.DataFrame(points, columns=["x", "y"])
-    mask = plots.pareto_mask(df, "x", "y")
-    a = df.to_numpy()
-
-    def dominated(i):
-        return any((a[j] <= a[i]).all() and (a[j] < a[i]).any() for j in range(len(a)))
-
-    assert mask.tolist() == [not dominated(i) for i in range(len(a))]
 
 
 def test_overview(lru, cpu, tmp_path):

@@ -33,7 +33,7 @@ def test_replay_prints_summary_and_writes_json(simmoe_cli, trace_file, tmp_path)
     assert "hit rate" in res.stdout and "TPOT" in res.stdout
     data = json.loads(out.read_text())
     assert JSON_KEYS <= set(data)
-    assert set(data["tpot_ms"]) == {"mean", "p50", "p90", "p99"}
+    assert set(data["tpot_ms"]) == {"mean", "p50", "p90", "p95", "p99"}
     assert data["hits"] + data["misses"] == data["accesses"]
     assert data["policy"] == "lru(slots_per_layer=1)" and data["hw"] == "rtx3090"
     assert 0 < data["tpot_ms"]["p50"] <= data["tpot_ms"]["p99"]

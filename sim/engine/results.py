@@ -16,6 +16,49 @@ from simmoe.engine.planner import PlanCounts
 from simmoe.engine.schedule import DECODE, RowIndex
 from simmoe.engine.timeline import Counters
 
+# Every latency distribution in a summary is {mean, p50, p90, p95, p99} in ms.
+PERCENTILES = ("mean", "p50", "p90", "p95", "p99")
+LATENCY_KEYS = ("tpot_ms", "step_ms", "ttft_ms", "queue_ms", "e2e_ms")
+# The summary's shape, in order: top-level key -> its sub-keys (() for a plain value). This is the one list
+# that tools checking a metric name (plan's SLOs) use; tests/test_plan.py checks that a real summary's
+# flattened keys equal summary_keys().
+_SUMMARY_HEAD = ("trace", "model", "hw", "runtime", "policy", "engine", "batch", "host_memory", "copy_stream",
+                 "prefetch_chunk_mb", "requests", "tokens", "prefill_tokens", "decode_tokens", "steps",
+                 "activations", "accesses", "hits", "misses", "hit_rate", "routing_fidelity", "expert_bytes",
+                 "cpu_experts", "copies", "prefetches", "prefetch_used", "bytes_h2d", "bytes_d2h", "cache_slots",
+                 "makespan_s")
+SUMMARY_LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *((k, ()) for k in _SUMMARY_HEAD),
+    ("tpot_ms", PERCENTILES), ("step_ms", PERCENTILES), ("ttft_ms", PERCENTILES), ("tokens_per_s", ()),
+    ("arrivals", ()), ("rate", ()), ("requests_per_s", ()), ("queue_ms", PERCENTILES), ("e2e_ms", PERCENTILES),
+    ("gpu_busy", ()), ("pcie_busy", ()), ("cpu_busy", ()), ("stall_ms", ("copy", "dispatch", "cpu")),
+    ("peak_gpu_mem_bytes", ()), ("gpu_mem_usable_bytes", ()), ("wall_s", ()),
+)
+# present only when the run has a per-request SLO (slo_ttft_ms / slo_tpot_ms): after requests_per_s's group
+SLO_LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("slo", ("ttft_ms", "tpot_ms")), ("slo_attainment", ()), ("goodput_requests_per_s", ()),
+    ("goodput_tokens_per_s", ()),
+)
+# keys that describe the run rather than measure it (not SLO metrics); wall_s is the simulator's own time
+DESCRIPTIVE_KEYS = frozenset({"trace", "model", "hw", "runtime", "policy", "engine", "batch", "host_memory",
+                              "copy_stream", "prefetch_chunk_mb", "arrivals", "rate", "slo.ttft_ms", "slo.tpot_ms",
+                              "wall_s"})
+
+
+def summary_keys(slo: bool = False) -> tuple[str, ...]:
+    """The flattened keys (`tpot_ms.p95`) of Result.summary; `slo`: a run with slo_ttft_ms / slo_tpot_ms."""
+    layout = list(SUMMARY_LAYOUT)
+    if slo:
+        at = [k for k, _ in layout].index("e2e_ms") + 1
+        layout[at:at] = SLO_LAYOUT
+    return tuple(f"{k}.{s}" if s else k for k, subs in layout for s in (subs or ("",)))
+
+
+def metric_keys(slo: bool = False) -> tuple[str, ...]:
+    """The summary keys that measure a run (what an SLO may bound)."""
+    return tuple(k for k in summary_keys(slo) if k not in DESCRIPTIVE_KEYS)
+
+
 STEP_COLUMNS = (
     "step", "kind", "tokens", "start_us", "end_us", "latency_us", "hits", "misses", "cpu_experts", "copies",
     "bytes_h2d", "gpu_busy_us", "h2d_busy_us", "d2h_busy_us", "cpu_busy_us", "stall_copy_us", "stall_dispatch_us",
@@ -206,9 +249,9 @@ def _serving_metrics(rec: RunRecord, t: dict[str, np.ndarray], met: np.ndarray |
 def _pct(values_us) -> dict[str, float | None]:
     a = np.asarray(values_us, dtype=float) / 1e3
     if a.size == 0:
-        return {"mean": None, "p50": None, "p90": None, "p99": None}
-    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99))}
+        return dict.fromkeys(PERCENTILES)
+    q = np.percentile(a, [int(p[1:]) for p in PERCENTILES[1:]])
+    return {"mean": float(a.mean()), **{p: float(v) for p, v in zip(PERCENTILES[1:], q)}}
 
 
 @dataclass
@@ -302,6 +345,9 @@ class Result:
         def ms(x):
             return "-" if x is None else f"{x:,.2f}"
 
+        def row(name: str, pct: dict) -> str:
+            return f"  {name:<12}" + "".join(f" {ms(pct[p]):>9}" for p in PERCENTILES)
+
         lines = [
             f"simmoe replay  {s['trace']}",
             f"  model {s['model']}   hw {s['hw']}   runtime {s['runtime']}   policy {s['policy']}   "
@@ -316,13 +362,11 @@ class Result:
             + (f"   routing fidelity {100 * s['routing_fidelity']:.1f}% of gate mass"
                if s["routing_fidelity"] < 1.0 else ""),
             "",
-            "  latency (ms)      mean       p50       p90       p99",
-            f"  TPOT        {ms(t['mean']):>9} {ms(t['p50']):>9} {ms(t['p90']):>9} {ms(t['p99']):>9}",
-            f"  TTFT        {ms(f['mean']):>9} {ms(f['p50']):>9} {ms(f['p90']):>9} {ms(f['p99']):>9}",
-            *([f"  queueing    {ms(s['queue_ms']['mean']):>9} {ms(s['queue_ms']['p50']):>9} "
-               f"{ms(s['queue_ms']['p90']):>9} {ms(s['queue_ms']['p99']):>9}",
-               f"  E2E         {ms(s['e2e_ms']['mean']):>9} {ms(s['e2e_ms']['p50']):>9} "
-               f"{ms(s['e2e_ms']['p90']):>9} {ms(s['e2e_ms']['p99']):>9}",
+            "  latency (ms)" + "".join(f" {p:>9}" for p in PERCENTILES),
+            row("TPOT", t),
+            row("TTFT", f),
+            *([row("queueing", s["queue_ms"]),
+               row("E2E", s["e2e_ms"]),
                f"  arrivals {s['arrivals']}" + (f" at {s['rate']:g} req/s" if s["rate"] else "")
                + f"   completed {s['requests_per_s']:,.3f} req/s"] if s["arrivals"] != "closed" else []),
             *([f"  SLO attainment {100 * s['slo_attainment']:.1f}%   goodput "

@@ -12,6 +12,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,8 +27,19 @@ from simmoe.sweeps.spec import POLICY_KINDS, Config, config_fields, param_names
 from simmoe.sweeps.store import ResultStore, flatten
 
 
+def trace_at(path: str):
+    """The trace in `path`, read once per version of the file (a notebook may rewrite it between runs)."""
+    try:
+        st = os.stat(path)
+    except OSError:  # read_trace says what is wrong, as an InputError naming the file
+        from simmoe.trace.format import read_trace
+
+        return read_trace(path)
+    return _read(path, st.st_mtime_ns, st.st_size)
+
+
 @lru_cache(maxsize=8)
-def _trace(path: str):
+def _read(path: str, mtime_ns: int, size: int):
     from simmoe.trace.format import read_trace
 
     return read_trace(path)  # replay never mutates the trace it is given (max_requests selects a copy)
@@ -38,28 +50,35 @@ def _options(resolved: dict[str, Any], kind: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in resolved.items() if k.startswith(prefix)}
 
 
+def replay_args(resolved: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """A configuration's policy set, runtime profile (None: the policies' own) and ReplayConfig fields."""
+    from simmoe.policies.config import policy_set
+
+    cli: dict[str, Any] = {"cache": resolved.get("policy") or "lru", "cache_options": _options(resolved, "policy")}
+    for kind in POLICY_KINDS[1:]:
+        cli[kind] = resolved.get(kind)
+        cli[f"{kind}_options"] = _options(resolved, kind)
+    pset = policy_set(cli)
+    fields = set(config_fields())
+    cfg = {k: v for k, v in resolved.items() if k in fields}
+    runtime = None
+    overrides = {k.partition(".")[2]: v for k, v in resolved.items() if k.startswith("runtime_options.")}
+    if resolved.get("runtime") is not None or overrides:
+        from simmoe.engine.setup import resolve
+        from simmoe.runtime.profile import load_runtime
+
+        runtime = load_runtime(resolved.get("runtime") or resolve(pset).runtime, overrides)
+    return pset, runtime, cfg
+
+
 def run_one(resolved: dict[str, Any]) -> dict[str, Any]:
     """Replays one configuration; returns status, error, run_s and the flattened summary."""
     from simmoe.engine.replay import replay
-    from simmoe.policies.config import policy_set
 
     t0 = time.perf_counter()
     try:
-        cli: dict[str, Any] = {"cache": resolved.get("policy") or "lru", "cache_options": _options(resolved, "policy")}
-        for kind in POLICY_KINDS[1:]:
-            cli[kind] = resolved.get(kind)
-            cli[f"{kind}_options"] = _options(resolved, kind)
-        pset = policy_set(cli)
-        fields = set(config_fields())
-        cfg = {k: v for k, v in resolved.items() if k in fields}
-        runtime = None
-        overrides = {k.partition(".")[2]: v for k, v in resolved.items() if k.startswith("runtime_options.")}
-        if resolved.get("runtime") is not None or overrides:
-            from simmoe.engine.setup import resolve
-            from simmoe.runtime.profile import load_runtime
-
-            runtime = load_runtime(resolved.get("runtime") or resolve(pset).runtime, overrides)
-        res = replay(_trace(str(resolved["trace"])), str(resolved["hw"]), pset, None, runtime=runtime, **cfg)
+        pset, runtime, cfg = replay_args(resolved)
+        res = replay(trace_at(str(resolved["trace"])), str(resolved["hw"]), pset, None, runtime=runtime, **cfg)
         # the run's provenance as flat columns: simmoe_version, trace/hw/runtime sha256, policies, settings
         out = {"status": "ok", "error": "", **flatten(res.summary, reserved=param_names()),
                **flat_columns(res.provenance)}
@@ -90,23 +109,36 @@ class SweepReport:
     results: pd.DataFrame
 
 
-def _local(todo: list[Config], workers: int) -> Iterator[tuple[Config, dict[str, Any]]]:
-    if workers <= 1:  # in-process: no pool start-up, and tracebacks stay readable under a debugger
+def process_pool(workers: int) -> Executor:
+    """The local backend's pool; spawn: the parent may hold threads (tqdm's monitor, BLAS) that fork would
+    copy in a broken state."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+
+def _local(todo: list[Config], workers: int, pool: Executor | None = None) -> Iterator[tuple[Config, dict[str, Any]]]:
+    if pool is None and workers <= 1:  # in-process: no pool start-up, tracebacks readable under a debugger
         for cfg in todo:
             yield cfg, run_one(cfg.resolved)
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    # spawn: the parent may hold threads (tqdm's monitor, BLAS) that fork would copy in a broken state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, cfg.resolved): cfg for cfg in todo}
-        try:
-            for fut in as_completed(futures):
-                yield futures[fut], fut.result()
-        except BaseException:
+    own = pool is None
+    pool = pool or process_pool(workers)
+    futures = {pool.submit(run_one, cfg.resolved): cfg for cfg in todo}
+    try:
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        if own:
             pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        raise
+    if own:
+        pool.shutdown()
 
 
 def _ray(todo: list[Config], workers: int | None, address: str | None) -> Iterator[tuple[Config, dict[str, Any]]]:
@@ -137,10 +169,12 @@ def _ray(todo: list[Config], workers: int | None, address: str | None) -> Iterat
 
 def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None, backend: str = "local",
               address: str | None = None, progress: bool | None = None,
-              on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepReport:
+              on_record: Callable[[dict[str, Any]], None] | None = None,
+              pool: Executor | None = None) -> SweepReport:
     """Runs the configurations not yet in `out`, appending each record as it finishes; writes the table.
 
-    progress: None shows a tqdm bar when stderr is a terminal."""
+    progress: None shows a tqdm bar when stderr is a terminal. pool: a process_pool() the local backend
+    uses instead of starting its own (callers that run many small batches keep one warm)."""
     from tqdm import tqdm
 
     if backend not in ("local", "ray"):
@@ -153,7 +187,8 @@ def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None
     todo = [c for c in configs if c.key not in done]
     workers = workers or os.cpu_count() or 1
     counts = {"ok": 0, "error": 0, "crash": 0}
-    gen = _local(todo, min(workers, max(1, len(todo)))) if backend == "local" else _ray(todo, workers, address)
+    gen = _local(todo, min(workers, max(1, len(todo))), pool) if backend == "local" \
+        else _ray(todo, workers, address)
     try:
         with tqdm(total=len(todo), unit="cfg", disable=(None if progress is None else not progress),
                   desc="sweep") as bar:
