@@ -10,7 +10,6 @@ atomically.
 from __future__ import annotations
 
 import datetime as _dt
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,10 +46,10 @@ def run_calibration(
     the profile. `threads`: the CPU thread counts to time experts at (the first is the one the profile
     describes; default: the physical cores). Needs torch."""
     import torch
-    from tqdm import tqdm
 
     from simmoe.calibrate import measure
     from simmoe.calibrate.machine import last_level_cache_bytes
+    from simmoe.progress import bar as progress_bar
 
     if device not in ("cuda", "cpu"):
         raise InputError("--device", None, f"must be cuda or cpu, got {device!r}")
@@ -76,8 +75,8 @@ def run_calibration(
     rows: list[dict[str, Any]] = []
     saved_threads = torch.get_num_threads()
     try:
-        with tqdm(total=len(steps), file=sys.stderr, unit="step", disable=not progress, leave=False,
-                  dynamic_ncols=True) as bar:
+        with progress_bar(total=len(steps), enabled=progress, unit="step", leave=False,
+                          dynamic_ncols=True) as bar:
             for step in steps:
                 bar.set_description(step.label)
                 rows += step.run()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
+from simmoe.cli import common
 from simmoe.errors import InputError
 from simmoe.fileio import check_output
 from simmoe.policies.config import parse_kv
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,14 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "repeated requests reuse the original routing)")
     g.add_argument("--slo-ttft-ms", type=float, help="TTFT SLO per request, for SLO attainment and goodput")
     g.add_argument("--slo-tpot-ms", type=float, help="TPOT SLO per request (mean over its decode tokens)")
-    p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+    common.add_json(p, "the summary")
     p.add_argument("--steps-csv", metavar="OUT", help="write the per-step table as CSV")
     p.add_argument("--timeline", metavar="OUT", help="write a Chrome trace-event JSON (open in Perfetto)")
     p.add_argument("--timeline-steps", metavar="A:B",
                    help="steps recorded in the timeline (default 0:50)")
     p.add_argument("--plot", metavar="OUT.png", help="write an overview figure (hit rate, latency per step, "
                                                      "timeline of the first --timeline-steps, GPU memory)")
-    p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     p.set_defaults(func=run)
 
 
@@ -120,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     from simmoe.hw.profile import load_profile
     from simmoe.trace.format import read_trace
 
-    for path, flag in ((args.json, "--json"), (args.steps_csv, "--steps-csv"), (args.timeline, "--timeline")):
+    common.check_json(args.json)
+    for path, flag in ((args.steps_csv, "--steps-csv"), (args.timeline, "--timeline")):
         check_output(path, flag)
     if args.plot:
         from simmoe.plots import check_image_path
@@ -138,14 +141,12 @@ def run(args: argparse.Namespace) -> int:
     hw = load_profile(args.hw)
     trace = read_trace(args.trace)
     whole = trace.model_spec.num_moe_layers
-    if trace.num_layers < whole and not args.quiet:  # a partial capture: simulated as the cut-down model
-        print(f"simmoe: note: {args.trace} covers the first {trace.num_layers} of {trace.model_spec.name}'s {whole} "
-              f"MoE layers: simulated as that cut-down model (time and memory of those layers only)",
-              file=sys.stderr)
-    result = Replay(trace, hw, pset, cfg, hw_name=args.hw, runtime=runtime).run(progress=sys.stderr.isatty())
+    if trace.num_layers < whole:  # a partial capture: simulated as the cut-down model
+        log.warning(f"{args.trace} covers the first {trace.num_layers} of {trace.model_spec.name}'s {whole} MoE "
+                    f"layers: simulated as that cut-down model (time and memory of those layers only)")
+    result = Replay(trace, hw, pset, cfg, hw_name=args.hw, runtime=runtime).run(progress=not args.quiet)
     if args.json:
-        with atomic_open(args.json) as f:
-            f.write(result.to_json() + "\n")
+        common.write_json(args.json, result.to_json())
     if args.steps_csv:
         with atomic_open(args.steps_csv) as f:
             result.steps.to_csv(f, index=False)
@@ -158,6 +159,6 @@ def run(args: argparse.Namespace) -> int:
         from simmoe.plots import overview, save
 
         save(overview(result), args.plot)
-    if not args.quiet:
+    if not args.quiet and not common.json_to_stdout(args):
         print(result.format())
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local process pool (default) or Ray")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--dry-run", action="store_true", help="list the configurations and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         _note_others(len(set(store.records) - keys), args.out)
         return 0
     rep = run_sweep(spec.configs, args.out, workers=args.workers, backend=args.backend, address=args.address,
-                    progress=False if args.quiet else None)
+                    progress=not args.quiet)
     mine = rep.results[rep.results["key"].isin(keys)]
     if not args.quiet:
         print(f"{rep.total} configurations: {rep.skipped} already done, ran {rep.ran} in {rep.wall_s:.1f} s "
@@ -69,6 +70,5 @@ def _note_others(n: int, out: str) -> None:
     """Rows of configurations that are not in this spec (an earlier, larger spec wrote them) stay in the
     table: say so, since load_results(out) returns them too."""
     if n:
-        print(f"simmoe: note: {out} also holds {n} configuration{'s' if n > 1 else ''} from earlier runs that "
-              "this spec does not list (kept, and load_results returns them too; use another --out to keep runs "
-              "apart)", file=sys.stderr)
+        log.warning(f"{out} also holds {n} configuration{'s' if n > 1 else ''} from earlier runs that this spec "
+                    "does not list (kept, and load_results returns them too; use another --out to keep runs apart)")

@@ -42,7 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (results are bit-identical only for the same count)")
     p.add_argument("--extra-meta", metavar="FILE.json",
                    help="JSON object stored in the trace's meta as 'extra' (e.g. how the model was trained)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,8 +73,11 @@ def register(trace_subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from simmoe.cli import common
+
     p = argparse.ArgumentParser(prog="simmoe trace capture", description=DESCRIPTION)
     add_arguments(p)
+    common.add_verbosity(p, top=True)
     args = p.parse_args(argv)
     try:
         return run(args)

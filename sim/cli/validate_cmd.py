@@ -50,7 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where the executor runs (default: cuda when torch sees a GPU, else cpu)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (CPU experts, --device cpu)")
     p.add_argument("--out", default="validation", metavar="DIR", help="report folder (default: ./validation)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)
 
 
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--device", None, "cuda requested but torch sees no GPU (use --device cpu for the "
                          "tiny test mode)")
     rep = run_validation(trace, hw, kept, batches, device=device, hw_label=args.hw, threads=args.threads,
-                         max_requests=args.max_requests, progress=not args.no_progress and sys.stderr.isatty(),
+                         max_requests=args.max_requests, progress=not args.quiet,
                          runtime=runtime, host_memory=args.host_memory, copy_stream=args.copy_stream)
     rep.notes += [f"skipped (does not fit): {s}" for s in skipped]
     paths = write_report(rep, out)

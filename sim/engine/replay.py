@@ -9,7 +9,6 @@ engine="simpy", one SimPy event per kernel. Both give the same times (tested).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -129,10 +128,10 @@ def _driver(env: simpy.Environment, sc: Scenario, planner: AccessPlanner, timing
     c = planner.c
     bar = None
     if progress:
-        from tqdm import tqdm
+        from simmoe.progress import bar as progress_bar
 
-        bar = tqdm(total=len(sc.steps) if not sc.online else None, unit="step", desc="replay", file=sys.stderr,
-                   mininterval=0.5)
+        bar = progress_bar(total=len(sc.steps) if not sc.online else None, unit="step", desc="replay",
+                           mininterval=0.5)
     n = 0
     for step in steps_of(env, sc):
         if isinstance(step, Idle):  # nothing has arrived: wait for the next request

@@ -131,12 +131,12 @@ def _ray(todo: list[Config], workers: int | None, address: str | None) -> Iterat
 
 
 def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None, backend: str = "local",
-              address: str | None = None, progress: bool | None = None,
+              address: str | None = None, progress: bool | None = True,
               on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepReport:
     """Runs the configurations not yet in `out`, appending each record as it finishes; writes the table.
 
-    progress: None shows a tqdm bar when stderr is a terminal."""
-    from tqdm import tqdm
+    progress: a bar on stderr when it is a terminal (simmoe.progress); False: none."""
+    from simmoe.progress import bar as progress_bar
 
     if backend not in ("local", "ray"):
         raise InputError("--backend", backend, "must be local or ray")
@@ -150,8 +150,7 @@ def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None
     counts = {"ok": 0, "error": 0, "crash": 0}
     gen = _local(todo, min(workers, max(1, len(todo)))) if backend == "local" else _ray(todo, workers, address)
     try:
-        with tqdm(total=len(todo), unit="cfg", disable=(None if progress is None else not progress),
-                  desc="sweep") as bar:
+        with progress_bar(total=len(todo), enabled=progress, unit="cfg", desc="sweep") as bar:
             for cfg, result in gen:
                 rec = _record(cfg, result)
                 store.add(rec)
