@@ -135,16 +135,25 @@ def setup_logging(verbose: int, quiet: bool) -> None:
                     (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
 
 
-def _show(message, category, filename, lineno, file=None, line=None) -> None:
-    text = " ".join(str(message).split())
-    what = "warning" if issubclass(category, SimmoeWarning) else f"{category.__name__}"
-    print(f"simmoe: {what}: {text}", file=sys.stderr)
+def _line(message: Warning | str, category: type[Warning]) -> str:
+    what = "warning" if issubclass(category, SimmoeWarning) else category.__name__
+    return " ".join(f"simmoe: {what}: {message}".split())  # one line whatever the message holds
 
 
 @contextmanager
 def warnings_shown(quiet: bool) -> Iterator[None]:
-    """SimmoeWarnings shown once each (by message) as one line on stderr, or not at all with -q."""
+    """SimmoeWarnings shown once each (by text) as one line on stderr, or not at all with -q. The set of
+    shown lines is ours: Python's "once" registry is cleared whenever a catch_warnings block (as each sweep
+    configuration has) changes the filters."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = _line(message, category)
+        if text not in shown:
+            shown.add(text)
+            print(text, file=sys.stderr)
+
     with warnings.catch_warnings():
-        warnings.showwarning = _show
-        warnings.simplefilter("ignore" if quiet else "once", SimmoeWarning)
+        warnings.showwarning = show
+        warnings.simplefilter("ignore" if quiet else "always", SimmoeWarning)
         yield

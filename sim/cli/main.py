@@ -32,7 +32,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         hint = ""
-        if "expected one argument" in message:
+        if "argument --json" in message and "expected one argument" in message:
+            hint = "; --json OUT writes a file, --json - prints to stdout"
+        elif "expected one argument" in message:
             hint = "; a value that starts with '-' is written --option=VALUE"
         command = self.prog.removeprefix("simmoe").strip()  # "replay", "trace info"; "" at the top level
         line = " ".join(f"{command + ': ' if command else ''}{message}{hint} (see {self.prog} --help)".split())

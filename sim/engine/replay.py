@@ -9,6 +9,7 @@ engine="simpy", one SimPy event per kernel. Both give the same times (tested).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from simmoe.hw.profile import HwProfile, load_profile
 from simmoe.policies.base import PolicySet
 from simmoe.runtime.profile import RuntimeProfile, load_runtime
 from simmoe.trace.format import Trace, read_trace
+
+logger = logging.getLogger(__name__)
 
 
 class Replay:
@@ -60,6 +63,10 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
     wall0 = time.perf_counter() if wall0 is None else wall0
     if isinstance(sc, parallel.ParallelScenario):
         return _play_parallel(sc, progress, wall0)
+    logger.info(f"replay {sc.spec.name} on {sc.hw_name} ({sc.runtime.name}, {sc.policies.pset.describe()}): "
+                f"{len(sc.ri.ids)} requests, {len(sc.steps) if not sc.online else 'online'} steps, cache "
+                f"{sc.cache.total_slots} expert slots ({sc.cache.scope}), engine {sc.cfg.engine}")
+    logger.debug(f"memory plan: {sc.memory}")
     planner = AccessPlanner(sc)
     chunk_mb = planner.chunk_mb()
     hw, cfg = sc.hw, sc.cfg
@@ -86,6 +93,8 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
                     copy_stream=sc.copy_stream, chunk_mb=chunk_mb, ri=sc.ri, arrival_us=sc.arrival_us, online=sc.online,
                     routing_fidelity=sc.routing_fidelity, activations=int((sc.trace.experts >= 0).sum()),
                     memory=sc.memory, counts=planner.c, log=log, events=list(getattr(tl, "events", [])))
+    logger.debug(f"replay done: {planner.c.hits} hits, {planner.c.misses} misses in "
+                 f"{time.perf_counter() - wall0:.2f} s of wall time")
     return Result.build(rec, wall_s=time.perf_counter() - wall0)
 
 
