@@ -27,23 +27,20 @@ FORMATS = (".parquet", ".csv")
 
 
 def flatten(summary: dict[str, Any], reserved: Iterable[str] = ()) -> dict[str, Any]:
-    """{'tpot_ms': {'p90': 1.0}} -> {'tpot_ms.p90': 1.0}; top-level keys in `reserved` (parameter names)
-    become 'summary.KEY' so that a metric never overwrites a parameter column."""
+    """{'tpot_ms': {'p90': 1.0}} -> {'tpot_ms.p90': 1.0} (pandas.json_normalize); lists become JSON text, NaN
+    and infinity None; top-level keys in `reserved` (parameter names) become 'summary.KEY' so that a metric
+    never overwrites a parameter column."""
     reserved = set(reserved)
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, (list, tuple)):
-            out[prefix] = json.dumps(value, default=_jsonable)
+    row: dict[str, Any] = {}
+    for k, v in summary.items():  # one key at a time: json_normalize moves nested keys after the plain ones
+        name = f"summary.{k}" if k in reserved else str(k)
+        if isinstance(v, dict):
+            if v:
+                row.update(pd.json_normalize({name: v}, sep=".").to_dict("records")[0])
         else:
-            out[prefix] = _jsonable(value)
-
-    for k, v in summary.items():
-        walk(f"summary.{k}" if k in reserved else str(k), v)
-    return out
+            row[name] = v
+    return {k: json.dumps(v, default=_jsonable) if isinstance(v, (list, tuple)) else _jsonable(v)
+            for k, v in row.items()}
 
 
 def _jsonable(v: Any) -> Any:
