@@ -81,17 +81,6 @@ CONFIG_FLAGS = ("batch", "prefill_chunk", "host_memory", "copy_stream", "engine"
                 "slo_ttft_ms", "slo_tpot_ms", "parallel", "gpus")
 
 
-def _window(text: str) -> tuple[int, int]:
-    a, sep, b = text.partition(":")
-    try:
-        lo, hi = int(a or 0), int(b) if b else 10**12
-    except ValueError:
-        raise InputError("--timeline-steps", text, "expected START:STOP step numbers") from None
-    if not sep or lo < 0 or hi <= lo:
-        raise InputError("--timeline-steps", text, "expected START:STOP with 0 <= START < STOP")
-    return lo, hi
-
-
 def policy_set_from_args(args: argparse.Namespace):
     """--policy NAME|FILE.yaml with --opt, plus --prefetch/--placement/--precision/--routing and their opts."""
     from simmoe.policies.config import policy_set
@@ -133,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     # only the settings given: ReplayConfig rejects one that has no effect (--rate without arrivals)
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     if args.timeline or args.plot:
-        given["timeline_steps"] = _window(args.timeline_steps or "0:50")
+        given["timeline_steps"] = args.timeline_steps or "0:50"  # ReplayConfig reads START:STOP
     elif args.timeline_steps is not None:
         raise InputError("--timeline-steps", None, "only used with --timeline or --plot")
     cfg = ReplayConfig(**given)

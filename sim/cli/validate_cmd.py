@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from simmoe.hw.profile import load_profile
 
     # Everything the user gave is checked before the (long) measurement starts.
-    if any(b < 1 for b in args.batch):
-        raise InputError("--batch", None, f"must be >= 1, got {min(args.batch)}")
-    for flag, v in (("--layers", args.layers), ("--max-requests", args.max_requests), ("--threads", args.threads)):
+    settings = [ReplayConfig(batch=b, max_requests=args.max_requests, host_memory=args.host_memory,
+                             copy_stream=args.copy_stream) for b in dict.fromkeys(args.batch)]  # checks them
+    for flag, v in (("--layers", args.layers), ("--threads", args.threads)):
         if v is not None and v < 1:
             raise InputError(flag, None, f"must be >= 1, got {v}")
     out = Path(args.out)
@@ -97,10 +97,8 @@ def run(args: argparse.Namespace) -> int:
     kept = []
     for c in configs:
         try:
-            for b in batches:  # sizes the cache as the simulator will: a configuration that cannot fit fails here
-                prepare(trace, hw, c.pset, ReplayConfig(batch=b, max_requests=args.max_requests,
-                                                        host_memory=args.host_memory, copy_stream=args.copy_stream),
-                        runtime=runtime)
+            for cfg in settings:  # sizes the cache as the simulator will: a configuration that cannot fit fails here
+                prepare(trace, hw, c.pset, cfg, runtime=runtime)
             kept.append(c)
         except InputError as e:
             if explicit:
