@@ -10,6 +10,7 @@ atomically.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from simmoe.hw.profile import HwProfile, dump_profile, load_profile
 from simmoe.hw.provenance import origin_lines
 from simmoe.models import get_model
 from simmoe.models.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CalibrationResult", "Fits", "derive_figures", "fit_from_file", "format_summary", "measurements_path",
            "run_calibration", "write_profile"]
@@ -77,7 +80,8 @@ def run_calibration(
     try:
         with progress_bar(total=len(steps), enabled=progress, unit="step", leave=False,
                           dynamic_ncols=True) as bar:
-            for step in steps:
+            for i, step in enumerate(steps, 1):
+                logger.info(f"calibrate: step {i} of {len(steps)}: {step.label}")  # -v: the bar's steps in a log
                 bar.set_description(step.label)
                 rows += step.run()
                 if device == "cuda":

@@ -260,3 +260,28 @@ def test_show_formats_other_categories_too(capsys):
         warnings.warn("two\nlines", SimmoeWarning, stacklevel=1)
         warnings.warn("two\nlines", SimmoeWarning, stacklevel=1)
     assert capsys.readouterr().err == "simmoe: warning: two lines\n"
+
+
+# ---- one YAML loader --------------------------------------------------------------------------------------
+def test_every_yaml_input_rejects_a_duplicate_key(tmp_path):
+    hw = tmp_path / "hw.yaml"
+    hw.write_text((REPO / "hwprofiles" / "rtx3090.yaml").read_text() + "\nname: again\n")
+    rt = tmp_path / "rt.yaml"
+    rt.write_text("name: mine\nsource: estimate\nname: again\n")
+    pol = tmp_path / "p.yaml"
+    pol.write_text("cache: lru\ncache: lfu\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"trace: {TINY}\nbase: {{hw: rtx3090}}\nbase: {{hw: t4}}\n")
+    for args, path in ((["replay", TINY, "--hw", hw], hw), (["replay", TINY, "--hw", "rtx3090", "--runtime", rt], rt),
+                       (["replay", TINY, "--hw", "rtx3090", "--policy", pol], pol),
+                       (["sweep", spec, "--out", tmp_path / "r.csv"], spec), (["hw", "show", hw], hw),
+                       (["runtimes", "show", rt], rt)):
+        assert_clean_error(run_main(*args), str(path), "duplicate key")
+
+
+def test_yaml_is_parsed_in_one_module():
+    """sim/yamlio.py is the one loader (duplicate keys, YAML 1.2 floats, cycles): nothing else parses YAML."""
+    offenders = [str(p.relative_to(REPO)) for folder in ("sim", "calibrate") for p in (REPO / folder).rglob("*.py")
+                 if p.name != "yamlio.py" and any(s in p.read_text() for s in ("yaml.load(", "safe_load(",
+                                                                                 "yaml.full_load(", "yaml.Loader"))]
+    assert offenders == []

@@ -19,9 +19,10 @@ field (batch, prefill_chunk, max_requests, ...; new fields work as soon as Repla
 values are overridden by grid and case values; a case may not set a parameter the grid sweeps. Relative
 paths (trace, hw and policy files) are relative to the spec file's folder.
 
-Names and shapes are checked when the spec is loaded (unknown keys, parameters, policies, options, profiles,
-missing traces, a mapping or list where a single value belongs: one error naming the file and key). Values
-are checked when a configuration runs (by the same strict ReplayConfig and policy options as `replay`), and
+Names, shapes and value types are checked when the spec is loaded (unknown keys, parameters, policies,
+options, profiles, missing traces, a mapping or list where a single value belongs, `batch: "4"`: one error
+naming the file and key; the models are in schema.py, which also gives the spec's JSON Schema). Bounds
+and combinations are checked when a configuration runs (by the same strict ReplayConfig and policy options as `replay`), and
 a bad one is recorded in the results rather than stopping the sweep: a grid may hold combinations that do
 not go together (batch 8 with max_batched_tokens 4). A sweep in which no configuration succeeds exits 2.
 """
