@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     base = {} if args.max_requests is None else {"max_requests": args.max_requests}
     ev = plan(args.trace, slos, hws=_csv(args.hw, "--hw"), policies=_csv(args.policies, "--policies"),
               slots=_slots(args.slots), batches=_csv(args.batch, "--batch", int), rate=args.rate, base=base,
-              workers=args.workers, out=args.out, runtimes=_csv(args.runtimes, "--runtimes"))
+              workers=args.workers, out=args.out, runtimes=_csv(args.runtimes, "--runtimes"), progress=not args.quiet)
     best = ranked(ev)
     metrics = list(dict.fromkeys(s.metric for s in slos))
     print(f"simmoe plan  {args.trace}   SLO: {', '.join(f'{s.metric} {s.op} {s.limit:g}' for s in slos)}")
