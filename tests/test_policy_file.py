@@ -57,3 +57,20 @@ def test_a_policy_file_runs_as_its_flags_do(tmp_path):
                  "slots_per_layer=3", "--prefetch", "oracle", "--prefetch-opt", "lookahead=2", "--json", "-")
     ja, jb = json.loads(a.stdout), json.loads(b.stdout)
     assert (ja["hits"], ja["misses"], ja["policy"]) == (jb["hits"], jb["misses"], jb["policy"])
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--prefetch", "oracle", "--prefetch-opt", "lookahead=0"], "policy oracle: lookahead: must be >= 1, got 0"),
+    (["--prefetch", "next-layer", "--prefetch-opt", "accuracy=1.5"], "policy next-layer: accuracy: must be <= 1"),
+    (["--prefetch", "next-layer", "--prefetch-opt", "distance=0"], "policy next-layer: distance: must be >= 1"),
+    (["--prefetch", "successor", "--prefetch-opt", "width=0"], "policy successor: width: must be >= 1"),
+    (["--placement", "n-cpu-moe", "--placement-opt", "n=-1"], "policy n-cpu-moe: n: must be >= 0, got -1"),
+    (["--routing", "adaptive-k", "--routing-opt", "top_p=0"], "policy adaptive-k: top_p: must be > 0, got 0"),
+    (["--routing", "adaptive-k", "--routing-opt", "min_k=0"], "policy adaptive-k: min_k: must be >= 1, got 0"),
+    (["--precision", "quantized", "--precision-opt", "bits=7"], "policy quantized: bits: must be one of 1, 2, 3"),
+    (["--precision", "quantized", "--precision-opt", "bits=yes"], "bits: must be an integer, got a boolean"),
+    (["--precision", "quantized", "--precision-opt", "group_size=0"], "group_size: must be >= 1, got 0"),
+])
+def test_option_bounds_are_field_constraints(flags, needle):
+    """Bounds of policy options are pydantic Field constraints (one line naming the option), not hand checks."""
+    assert_clean_error(run_main("replay", TINY, "--hw", "rtx3090", *flags), needle)
