@@ -180,16 +180,16 @@ def test_no_module_decides_on_a_tty_or_imports_tqdm_itself():
 
 # ---- warnings ---------------------------------------------------------------------------------------------
 WARNED = [
-    ([TINY, "--hw", "rtx3090", "--max-requests", "1", "--batch", "4"], "--batch 4 but the run has 1 request"),
+    ([TINY, "--hw", "rtx3090", "--max-requests", "1", "--batch", "4"], "batch 4 but the run has 1 request"),
     ([TINY, *SMALL, "--opt", "slots_per_layer=9"],
      "policy lru: slots_per_layer 9 is more than the model's 8 experts per MoE layer"),
     ([TINY, *SMALL, "--opt", "cache_gb=50"], "policy lru: cache_gb 50 is more than the 0.01 GiB all 32 experts"),
     ([TINY, *SMALL, "--policy", "resident", "--prefetch", "oracle"],
-     "--prefetch oracle has no effect: every expert is resident"),
+     "prefetch oracle has no effect: every expert is resident"),
     ([TINY, *SMALL, "--policy", "ondemand", "--prefetch", "oracle"],
-     "--prefetch oracle has no effect: the cache has no slots (ondemand keeps no experts)"),
+     "prefetch oracle has no effect: the cache has no slots (ondemand keeps no experts)"),
     ([TINY, *SMALL, "--placement", "cpu", "--prefetch", "oracle"],
-     "--prefetch oracle has no effect: the cache has no slots (the placement computes misses on the CPU)"),
+     "prefetch oracle has no effect: the cache has no slots (the placement computes misses on the CPU)"),
 ]
 
 
@@ -235,8 +235,8 @@ def test_library_warns_through_python_warnings():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         prepare(read_trace(TINY), load_profile("rtx3090"), None, ReplayConfig(batch=3, max_requests=2))
-    assert [str(w.message)[:33] for w in caught if w.category is SimmoeWarning] == [
-        "--batch 3 but the run has 2 requests"[:33]]
+    assert [str(w.message)[:36] for w in caught if w.category is SimmoeWarning] == [
+        "batch 3 but the run has 2 requests: "]
 
 
 def test_sweep_shows_worker_warnings_once(tmp_path):

@@ -24,8 +24,8 @@ def batch_message(sc: Scenario) -> str | None:
     """--batch above the run's request count: the batch is never full, at most that many run at once."""
     n = len(sc.ri.ids)
     if sc.cfg.batch > n:
-        return (f"--batch {sc.cfg.batch} but the run has {n} request{'s' if n != 1 else ''}: at most {n} run at "
-                f"once, so this is a batch-{n} run (use --requests N to cycle the trace's requests)")
+        return (f"batch {sc.cfg.batch} but the run has {n} request{'s' if n != 1 else ''}: at most {n} run at "
+                f"once, so this is a batch-{n} run (`requests` cycles the trace's requests)")
     return None
 
 
@@ -69,12 +69,12 @@ def prefetch_message(sc: Scenario) -> str | None:
     if r.prefetch_cls is None:
         return None
     if r.cache_cls.fixed_capacity == "all":
-        return (f"--prefetch {r.prefetch_cls.name} has no effect: every expert is resident ({r.cache_cls.name}), "
+        return (f"prefetch {r.prefetch_cls.name} has no effect: every expert is resident ({r.cache_cls.name}), "
                 f"so there is nothing to copy ahead")
     if sc.cache.total_slots == 0:
         why = "the placement computes misses on the CPU" if r.placement_cls is not None and \
             r.placement_cls.bypass_cache else f"{r.cache_cls.name} keeps no experts"
-        return (f"--prefetch {r.prefetch_cls.name} has no effect: the cache has no slots ({why}), so nothing is "
+        return (f"prefetch {r.prefetch_cls.name} has no effect: the cache has no slots ({why}), so nothing is "
                 f"copied ahead")
     return None
 
