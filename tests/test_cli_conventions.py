@@ -42,7 +42,7 @@ def test_trace_info_help_says_75_percent_once():
 
 
 # ---- --json OUT | - ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args", [["hw"], ["hw", "list"], ["runtimes"], ["models"], ["models", "list"]])
+@pytest.mark.parametrize("args", [["hw"], ["hw", "list"], ["runtimes"], ["models"], ["models", "list"], ["policies"]])
 def test_list_json_dash_prints_only_json(args):
     res = run_main(*args, "--json", "-")
     assert res.returncode == 0, res.stderr
