@@ -253,6 +253,8 @@ def test_sweep_shows_worker_warnings_once(tmp_path):
     assert "_warnings" not in pd.read_csv(tmp_path / "r.csv").columns
     res = run_main("sweep", spec, "--out", tmp_path / "q.csv", "--workers", "1", "-q")
     assert res.returncode == 0 and res.stderr == "" and res.stdout == ""
+    res = run_main("-v", "sweep", spec, "--out", tmp_path / "q.csv", "--workers", "1")  # all done: resumed
+    assert "simmoe: sweep: 0 of 4 configurations to run (4 done earlier)" in res.stderr, res.stderr
 
 
 def test_show_formats_other_categories_too(capsys):

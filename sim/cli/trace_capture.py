@@ -80,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.add_verbosity(p, top=True)
     args = p.parse_args(argv)
     try:
-        return run(args)
+        common.merge_verbosity(args)
+        common.setup_logging(args.verbose, args.quiet)
+        with common.warnings_shown(args.quiet):
+            return run(args)
     except InputError as e:
         print(f"simmoe: error: {e.line()}", file=sys.stderr)
         return 2
