@@ -31,10 +31,11 @@ def add_json(p: argparse.ArgumentParser, what: str, **kw: Any) -> None:
     p.add_argument("--json", metavar="OUT", help=f"write {what} as JSON to OUT ('-': to stdout)", **kw)
 
 
-def check_json(dest: str | None) -> None:
-    """Checks a `--json` destination before any work (a file's folder must exist; '-' is stdout)."""
+def check_json(dest: str | None, flag: str = "--json") -> None:
+    """Checks a `--json` (or other JSON output) destination before any work (a file's folder must exist; '-'
+    is stdout)."""
     if dest is not None and dest != STDOUT:
-        check_output(dest, "--json")
+        check_output(dest, flag)
 
 
 def json_to_stdout(args: argparse.Namespace) -> bool:

@@ -89,6 +89,6 @@ def _write_schema(args: argparse.Namespace) -> int:
                             ("--workers", args.workers), ("--address", args.address)) if v]
     if given:
         raise InputError("--schema", None, f"writes the schema and runs nothing: {given[0]} would have no effect")
-    common.check_json(args.schema)
+    common.check_json(args.schema, "--schema")
     common.write_json(args.schema, spec_schema())
     return 0
