@@ -9,6 +9,8 @@ import logging
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simmoe.cli import common
 from simmoe.cli.main import build_parser
@@ -287,3 +289,32 @@ def test_yaml_is_parsed_in_one_module():
                  if p.name != "yamlio.py" and any(s in p.read_text() for s in ("yaml.load(", "safe_load(",
                                                                                  "yaml.full_load(", "yaml.Loader"))]
     assert offenders == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 6), requests=st.integers(1, 6), slots=st.integers(0, 12))
+def test_batch_and_cache_warnings_fire_exactly_when_they_should(batch, requests, slots):
+    from simmoe.engine.config import ReplayConfig
+    from simmoe.engine.scenario import prepare
+    from simmoe.hw.profile import load_profile
+    from simmoe.policies.base import PolicySet
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare(_tiny(), load_profile("rtx3090"), PolicySet("lru", {"slots_per_layer": slots}),
+                ReplayConfig(batch=batch, max_requests=requests))
+    said = [str(w.message) for w in caught if w.category is SimmoeWarning]
+    assert any(m.startswith(f"batch {batch} but") for m in said) == (batch > requests)
+    assert any("slots_per_layer" in m for m in said) == (slots > 8)  # tinymoe: 8 experts per MoE layer
+    assert len(said) == (batch > requests) + (slots > 8)
+
+
+_TRACE = []
+
+
+def _tiny():
+    if not _TRACE:
+        from simmoe.trace.format import read_trace
+
+        _TRACE.append(read_trace(TINY))
+    return _TRACE[0]
