@@ -259,11 +259,16 @@ def test_sweep_shows_worker_warnings_once(tmp_path):
     assert "simmoe: sweep: 0 of 4 configurations to run (4 done earlier)" in res.stderr, res.stderr
 
 
-def test_show_formats_other_categories_too(capsys):
+def test_warnings_are_one_line_once_and_quiet_hides_every_kind(capsys):
     with common.warnings_shown(quiet=False):
         warnings.warn("two\nlines", SimmoeWarning, stacklevel=1)
         warnings.warn("two\nlines", SimmoeWarning, stacklevel=1)
-    assert capsys.readouterr().err == "simmoe: warning: two lines\n"
+        warnings.warn("from a library", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == "simmoe: warning: two lines\nsimmoe: UserWarning: from a library\n"
+    with common.warnings_shown(quiet=True):
+        warnings.warn("ours", SimmoeWarning, stacklevel=1)
+        warnings.warn("a library's", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == ""
 
 
 # ---- one YAML loader --------------------------------------------------------------------------------------

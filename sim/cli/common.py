@@ -143,9 +143,9 @@ def _line(message: Warning | str, category: type[Warning]) -> str:
 
 @contextmanager
 def warnings_shown(quiet: bool) -> Iterator[None]:
-    """SimmoeWarnings shown once each (by text) as one line on stderr, or not at all with -q. The set of
-    shown lines is ours: Python's "once" registry is cleared whenever a catch_warnings block (as each sweep
-    configuration has) changes the filters."""
+    """Warnings shown once each (by text) as one line on stderr; with -q none at all (ours or a library's).
+    The set of shown lines is ours: Python's "once" registry is cleared whenever a catch_warnings block (as
+    each sweep configuration has) changes the filters."""
     shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
@@ -156,5 +156,8 @@ def warnings_shown(quiet: bool) -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.showwarning = show
-        warnings.simplefilter("ignore" if quiet else "always", SimmoeWarning)
+        if quiet:
+            warnings.simplefilter("ignore")
+        else:
+            warnings.simplefilter("always", SimmoeWarning)
         yield
