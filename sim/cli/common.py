@@ -103,11 +103,8 @@ def merge_verbosity(args: argparse.Namespace) -> argparse.Namespace:
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time (pytest's capture, a redirect set after start-up)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property  # type: ignore[override]
-    def stream(self):  # noqa: D102
+    def stream(self):
         return sys.stderr
 
     @stream.setter
