@@ -27,7 +27,6 @@ mode the tests use to exercise this code without a GPU. torch is imported only i
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -349,10 +348,10 @@ class OffloadedExecutor:
         steps = sc.steps if max_steps is None else sc.steps[:max_steps]
         bar = None
         if record and self.progress:
-            from tqdm import tqdm
+            from simmoe.progress import bar as progress_bar
 
-            bar = tqdm(total=len(steps), unit="step", desc=label[:40], file=sys.stderr, leave=False,
-                       mininterval=0.5, dynamic_ncols=True)
+            bar = progress_bar(total=len(steps), unit="step", desc=label[:40], leave=False, mininterval=0.5,
+                               dynamic_ncols=True)
         act = s.activation
         for i, step in enumerate(steps):
             rows = step.rows

@@ -10,7 +10,7 @@ atomically.
 from __future__ import annotations
 
 import datetime as _dt
-import sys
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from simmoe.hw.profile import HwProfile, dump_profile, load_profile
 from simmoe.hw.provenance import origin_lines
 from simmoe.models import get_model
 from simmoe.models.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CalibrationResult", "Fits", "derive_figures", "fit_from_file", "format_summary", "measurements_path",
            "run_calibration", "write_profile"]
@@ -47,10 +49,10 @@ def run_calibration(
     the profile. `threads`: the CPU thread counts to time experts at (the first is the one the profile
     describes; default: the physical cores). Needs torch."""
     import torch
-    from tqdm import tqdm
 
     from simmoe.calibrate import measure
     from simmoe.calibrate.machine import last_level_cache_bytes
+    from simmoe.progress import bar as progress_bar
 
     if device not in ("cuda", "cpu"):
         raise InputError("--device", None, f"must be cuda or cpu, got {device!r}")
@@ -76,9 +78,10 @@ def run_calibration(
     rows: list[dict[str, Any]] = []
     saved_threads = torch.get_num_threads()
     try:
-        with tqdm(total=len(steps), file=sys.stderr, unit="step", disable=not progress, leave=False,
-                  dynamic_ncols=True) as bar:
-            for step in steps:
+        with progress_bar(total=len(steps), enabled=progress, unit="step", leave=False,
+                          dynamic_ncols=True) as bar:
+            for i, step in enumerate(steps, 1):
+                logger.info(f"calibrate: step {i} of {len(steps)}: {step.label}")  # -v: the bar's steps in a log
                 bar.set_description(step.label)
                 rows += step.run()
                 if device == "cuda":

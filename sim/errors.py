@@ -27,3 +27,16 @@ class InputError(Exception):
         """One line whatever the parts hold (a YAML parser's message spans two; a field may hold a newline)."""
         parts = [p for p in (self.source, self.field) if p]
         return re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", ": ".join([*parts, self.message])).strip()
+
+
+class SimmoeWarning(UserWarning):
+    """Suspicious but valid input (a batch larger than the run's requests, a cache larger than the model's
+    experts, ...): the run goes on as asked. The CLI shows each one once as one line on stderr
+    (`simmoe: warning: ...`) and `-q` silences them; a notebook shows them as Python warnings."""
+
+
+def warn(message: str) -> None:
+    """Emits a SimmoeWarning attributed to the caller's caller (the code whose input is suspicious)."""
+    import warnings
+
+    warnings.warn(message, SimmoeWarning, stacklevel=3)

@@ -354,9 +354,9 @@ def _store(out: str | Path | None) -> Iterator[Path]:
 
 
 def _bar(progress: bool | None, desc: str):
-    from tqdm import tqdm
+    from simmoe.progress import bar
 
-    return tqdm(desc=desc, unit=" replays", disable=(None if progress is None else not progress), leave=False)
+    return bar(desc=desc, unit=" replays", enabled=progress, leave=False)
 
 
 # ---- seeds and confidence intervals --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ or an alias that contains itself (`a: &x [*x]`, which no schema can walk).
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import yaml
 
 from simmoe.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -86,6 +89,7 @@ def load_yaml(path: str | Path, what: str = "file") -> Any:
         raise InputError(p, None, "not valid YAML (not UTF-8 text)") from None
     except OSError as e:
         raise InputError(p, None, f"cannot read ({e.strerror or e})") from None
+    logger.debug(f"reading {what} {p}")
     return parse_yaml(text, p)
 
 

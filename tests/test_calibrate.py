@@ -183,7 +183,7 @@ def test_calibrate_api_returns_profile_and_measurements():
 def test_calibrate_cli_cpu_quick(simmoe_cli, tmp_path):
     out = tmp_path / "box.yaml"
     r = simmoe_cli("calibrate", "--device", "cpu", "--base", "rtx3090", "--quick", "--max-tokens", "4",
-                   "--threads", "1", "--model", "olmoe-1b-7b", "--no-progress", "--out", out)
+                   "--threads", "1", "--model", "olmoe-1b-7b", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "BORROWED from rtx3090" in r.stdout and "2048x1024xswiglu:bf16" in r.stdout
     assert "borrowed (rtx3090 (datasheet)): gpu, host, pcie" in r.stdout  # listed, not silent
@@ -203,7 +203,7 @@ def test_calibrate_cli_cpu_as_device_with_thread_tables_and_from(simmoe_cli, tmp
 
     out = tmp_path / "cpu-dev.yaml"
     r = simmoe_cli("calibrate", "--device", "cpu", "--as-device", "--quick", "--max-tokens", "4", "--threads",
-                   "1", "2", "--model", "olmoe-1b-7b", "--no-progress", "--out", out)
+                   "1", "2", "--model", "olmoe-1b-7b", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "at 1 threads (in the profile)" in r.stdout and "at 2 threads, us by tokens" in r.stdout
     p = load_profile(out)

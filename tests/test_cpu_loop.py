@@ -24,7 +24,7 @@ def test_the_loop_runs_repeats_and_reports_medians_and_spread(tmp_path):
 
 def test_calibrate_takes_a_traces_model(simmoe_cli, tmp_path):
     res = simmoe_cli("calibrate", "--device", "cpu", "--as-device", "--model", str(REPO / "traces" /
-                     "tinymoe-stdlib.npz"), "--quick", "--threads", "1", "--max-tokens", "4", "--no-progress",
+                     "tinymoe-stdlib.npz"), "--quick", "--threads", "1", "--max-tokens", "4",
                      "--out", str(tmp_path / "cpu.yaml"))
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "cpu.yaml").read_text()

@@ -282,7 +282,7 @@ def test_cli_models_table(simmoe_cli):
 
 
 def test_cli_models_json(simmoe_cli):
-    res = simmoe_cli("models", "--json")
+    res = simmoe_cli("models", "--json", "-")
     assert res.returncode == 0, res.stderr
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert set(rows) == set(CATALOG)
@@ -295,7 +295,7 @@ def test_cli_models_json(simmoe_cli):
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
 def test_cli_models_show_round_trips(simmoe_cli, fmt):
     name = "deepseek-v2-lite"
-    res = simmoe_cli("models", "show", name, *(["--json"] if fmt == "json" else []))
+    res = simmoe_cli("models", "show", name, *(["--json", "-"] if fmt == "json" else []))
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout) if fmt == "json" else yaml.safe_load(res.stdout)
     assert ModelSpec.from_dict(d) == get_model(name)

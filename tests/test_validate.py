@@ -316,7 +316,7 @@ def test_validate_cli_tiny_cpu(monkeypatch, tmp_path, capsys):
     main = _main_with_validate(monkeypatch)
     rc = main(["validate", "--trace", str(tmp_path / "t.npz"), "--hw", "rtx3090", "--device", "cpu",
                "--threads", "1", "--batch", "1", "2", "--configs", "ondemand", "lru:slots_per_layer=3",
-               "--out", str(tmp_path / "out"), "--no-progress"])
+               "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "cache decisions equal in every configuration: **yes**" in out

@@ -190,10 +190,10 @@ def capture(model_path: str | Path, prompts_path: str | Path, max_new_tokens: in
     if threads is not None:
         torch.set_num_threads(threads)
     import transformers
-    from tqdm import tqdm
 
     from simmoe.capture.hooks import RouterRecorder
     from simmoe.capture.models import find_routers
+    from simmoe.progress import bar as progress_bar
 
     n_enc = int(getattr(config, "num_layers", 0)) if arch.encoder_decoder else 0
     sites = find_routers(model, arch, n_enc)
@@ -208,7 +208,7 @@ def capture(model_path: str | Path, prompts_path: str | Path, max_new_tokens: in
     rows_ex, rows_g, rows_p, rows_req, rows_ph = [], [], [], [], []
     all_tokens: list[list[int]] = []
     with torch.inference_mode(), RouterRecorder(arch, sites, spec.top_k, predict) as rec:
-        for r, pr in enumerate(tqdm(prompts, desc="capture", unit="prompt", disable=None if progress else True)):
+        for r, pr in enumerate(progress_bar(prompts, enabled=progress, desc="capture", unit="prompt")):
             ids = tokenizer(pr.text, return_tensors="pt")["input_ids"].to(device)
             T = int(ids.shape[1])
             if T == 0:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+
+from simmoe.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,22 +16,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also run the same cases with this git revision of simmoe (e.g. HEAD~3, a tag) in a "
                         "subprocess and print the speed ratio (needs git and the repository's history)")
     p.add_argument("--repeat", type=int, default=3, metavar="N", help="best of N runs per case (default 3)")
-    p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
+    common.add_json(p, "the figures")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from simmoe.bench import run_bench
     from simmoe.errors import InputError
-    from simmoe.fileio import atomic_open, check_output
 
-    check_output(args.json, "--json")
+    common.check_json(args.json)
     if args.repeat < 1:
         raise InputError("--repeat", None, f"must be >= 1, got {args.repeat}")
-    rows = run_bench(quick=args.quick, baseline=args.baseline, repeat=args.repeat)
+    # with --json -, stdout holds the JSON alone: the figures as they come go to stderr
+    with contextlib.redirect_stdout(sys.stderr if common.json_to_stdout(args) else sys.stdout):
+        rows = run_bench(quick=args.quick, baseline=args.baseline, repeat=args.repeat)
     if args.json:
-        with atomic_open(args.json) as f:
-            json.dump(rows, f, indent=2)
+        common.write_json(args.json, rows)
     return 0

@@ -61,7 +61,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the largest measured)")
     p.add_argument("--max-tokens", type=int, metavar="N",
                    help="time experts at token counts up to N only (default: up to 64 with --quick, else 2048)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
 
@@ -85,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_file is not None:
         # flags that only steer a measurement would be silently ignored: refuse them
         for flag, given in (("--device", args.device is not None), ("--model", bool(args.models)),
-                            ("--quick", args.quick), ("--max-tokens", args.max_tokens is not None),
-                            ("--no-progress", args.no_progress)):
+                            ("--quick", args.quick), ("--max-tokens", args.max_tokens is not None)):
             if given:
                 raise InputError(flag, None, "measures nothing with --from: the measurements file says what was "
                                              "measured and on which device")
@@ -142,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         res = run_calibration(models, device=device, quick=args.quick, base=base, base_label=args.base or "",
-                              name=args.name or out.stem, threads=args.threads, progress=not args.no_progress,
+                              name=args.name or out.stem, threads=args.threads, progress=not args.quiet,
                               max_tokens=args.max_tokens, as_device=args.as_device)
     except FitError as e:
         # The measurements themselves could not be fitted: not bad input, but one clear line all the same.

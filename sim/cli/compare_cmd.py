@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from simmoe.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,35 +20,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep sweep rows whose COLUMN equals VALUE (repeatable; e.g. policy=lru, batch=4)")
     p.add_argument("--plot", metavar="OUT.png", help="write a figure: latency statistics, throughput, hit rate, "
                                                      "busy fractions, stall breakdown")
-    p.add_argument("--json", metavar="OUT", help="write the comparison as JSON ('-': stdout, instead of the table)")
-    p.add_argument("--quiet", action="store_true", help="no table on stdout")
+    common.add_json(p, "the comparison")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from simmoe.compare import compare, figure, format_table, to_dict
-    from simmoe.fileio import atomic_open, check_output
+    from simmoe.errors import warn
 
-    to_stdout = args.json == "-"
-    if not to_stdout:
-        check_output(args.json, "--json")
+    common.check_json(args.json)
     if args.plot:
         from simmoe.plots import check_image_path
 
         check_image_path(args.plot, "--plot")
     df = compare(args.runs, where=args.where)
     for w in df.attrs["warnings"]:
-        print(f"simmoe: warning: {w}", file=sys.stderr)
+        warn(w)
     if args.plot:
         from simmoe.plots import save
 
         save(figure(df), args.plot)
-    text = json.dumps(to_dict(df), indent=2)
-    if to_stdout:
-        print(text)
-    elif args.json:
-        with atomic_open(args.json) as f:
-            f.write(text + "\n")
-    if not args.quiet and not to_stdout:
+    if args.json:
+        common.write_json(args.json, to_dict(df))
+    if not args.quiet and not common.json_to_stdout(args):
         print(format_table(df))
     return 0

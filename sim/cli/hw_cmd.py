@@ -1,9 +1,9 @@
 """`simmoe hw`: hardware profiles.
 
     simmoe hw                      table of the built-in profiles
-    simmoe hw list [--json]        the same (rows as JSON with --json)
+    simmoe hw list [--json OUT]    the same (--json OUT writes the rows as JSON; --json - prints them)
     simmoe hw show NAME_OR_PATH    one profile, validated, as YAML with every default filled in
-    simmoe hw show X --json        the same as JSON
+    simmoe hw show X --json -      the same as JSON (on stdout; --json OUT writes a file)
 
 NAME_OR_PATH resolves as `--hw` does: a built-in profile name (see `simmoe hw list`), or a path to a YAML
 file (anything ending in .yaml/.yml, containing a '/', or naming an existing file).
@@ -12,7 +12,6 @@ file (anything ending in .yaml/.yml, containing a '/', or naming an existing fil
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -64,9 +63,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     path = resolve_profile_path(args.profile)
     profile = load_profile(path)
-    if getattr(args, "json", False):
-        print(json.dumps(profile.model_dump(), indent=2))
-    else:
+    if not listing.show_json(args, profile.model_dump()):
         sys.stdout.write(f"# {profile.name}: validated, every default filled in (from {path})\n")
         sys.stdout.writelines(f"# {line}\n" for line in origin_lines(profile))
         sys.stdout.write(dump_profile(profile))
@@ -83,4 +80,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p, what="the built-in profiles", list_func=_cmd_list, show_func=_cmd_show, show_arg="profile",
         show_metavar="NAME_OR_PATH", show_arg_help=f"a built-in profile ({', '.join(list_profiles())}) or a path "
         "to a YAML file", show_help="print one profile, validated, as YAML with defaults filled in",
-        show_json_help="print JSON instead of YAML")
+        show_json_help="the validated profile")

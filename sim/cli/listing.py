@@ -1,12 +1,13 @@
-"""The scaffold `simmoe hw` and `simmoe models` share: a plain-text table, and the `list` / `show`
-subcommands with `--json` accepted before or after the subcommand."""
+"""The scaffold `simmoe hw`, `simmoe runtimes` and `simmoe models` share: a plain-text table, and the `list` /
+`show` subcommands with `--json OUT` (a file, or '-' for stdout) accepted before or after the subcommand."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from simmoe.cli import common
 
 # (row key, column title, alignment '<' or '>', formatter: a format spec or a callable)
 Column = tuple[str, str, str, "str | Callable[[Any], str]"]
@@ -36,23 +37,38 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> s
 
 
 def print_rows(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequence[Column]) -> int:
-    """The `list` output: the table, or the rows as JSON with --json."""
-    print(json.dumps(rows, indent=2) if getattr(args, "json", False) else format_table(rows, columns))
+    """The `list` output: the table on stdout, unless `--json -` takes stdout; `--json OUT` writes the rows."""
+    dest = getattr(args, "json", None)
+    common.check_json(dest)
+    if not common.json_to_stdout(args):
+        print(format_table(rows, columns))
+    if dest:
+        common.write_json(dest, rows)
     return 0
+
+
+def show_json(args: argparse.Namespace, data: dict[str, Any]) -> bool:
+    """`show --json OUT|-`: writes `data`; True when stdout is taken by it (then print nothing else)."""
+    dest = getattr(args, "json", None)
+    if dest:
+        common.check_json(dest)
+        common.write_json(dest, data)
+    return common.json_to_stdout(args)
 
 
 def add_list_show(p: argparse.ArgumentParser, *, what: str, list_func: Callable, show_func: Callable,
                   show_arg: str, show_metavar: str | None, show_arg_help: str, show_help: str,
                   show_json_help: str) -> None:
-    """`CMD [--json]` and `CMD list [--json]` run list_func; `CMD show ARG [--json]` runs show_func."""
-    p.add_argument("--json", action="store_true", help="print the table rows as JSON")
+    """`CMD [--json OUT]` and `CMD list [--json OUT]` run list_func; `CMD show ARG [--json OUT]` runs
+    show_func."""
+    common.add_json(p, "the table rows")
     p.set_defaults(func=list_func)
     sub = p.add_subparsers(dest=f"{p.prog.split()[-1]}_command", metavar="SUBCOMMAND")
     ls = sub.add_parser("list", help=f"table of {what} (the default)")
     # SUPPRESS: `simmoe CMD --json list` keeps the flag given before the subcommand.
-    ls.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the table rows as JSON")
+    common.add_json(ls, "the table rows", default=argparse.SUPPRESS)
     ls.set_defaults(func=list_func)
     show = sub.add_parser("show", help=show_help)
     show.add_argument(show_arg, metavar=show_metavar, help=show_arg_help)
-    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=show_json_help)
+    common.add_json(show, show_json_help, default=argparse.SUPPRESS)
     show.set_defaults(func=show_func)

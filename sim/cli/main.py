@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from simmoe.cli import common
 from simmoe.errors import InputError
 
 # Command modules, in the order `simmoe --help` lists them. Each defines register(subparsers) and sets
@@ -32,7 +33,9 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         hint = ""
-        if "expected one argument" in message:
+        if "argument --json" in message and "expected one argument" in message:
+            hint = "; --json OUT writes a file, --json - prints to stdout"
+        elif "expected one argument" in message:
             hint = "; a value that starts with '-' is written --option=VALUE"
         command = self.prog.removeprefix("simmoe").strip()  # "replay", "trace info"; "" at the top level
         line = " ".join(f"{command + ': ' if command else ''}{message}{hint} (see {self.prog} --help)".split())
@@ -49,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     from simmoe import __version__
 
     parser.add_argument("--version", action="version", version=f"simmoe {__version__}")
+    common.add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for modname in COMMAND_MODULES:
         mod = importlib.import_module(modname)
         mod.register(sub)
+    for sp in common.subparsers_of(parser):  # -v/-q after the subcommand too (`simmoe replay T ... -q`)
+        common.add_verbosity(sp, top=False)
     return parser
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        common.merge_verbosity(args)
+        common.setup_logging(args.verbose, args.quiet)
+        with common.warnings_shown(args.quiet):
+            return int(args.func(args) or 0)
     except InputError as e:
         print(f"simmoe: error: {e.line()}", file=sys.stderr)
         return 2

@@ -1,15 +1,14 @@
 """`simmoe models`: the built-in model catalog.
 
     simmoe models                  table of every catalog model
-    simmoe models --json           the same rows as JSON
+    simmoe models --json -         the same rows as JSON on stdout (--json OUT writes a file)
     simmoe models show NAME        one model's spec as YAML (loadable as a trace's model_spec)
-    simmoe models show NAME --json the same as JSON
+    simmoe models show NAME --json -   the same as JSON
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -70,9 +69,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     spec = get_model(args.name, source="models show")
     d = spec.to_dict()
-    if getattr(args, "json", False):
-        print(json.dumps(d, indent=2))
-    else:
+    if not listing.show_json(args, d):
         import yaml
 
         class _Dumper(yaml.SafeDumper):  # block mappings, but the layer list on one line
@@ -95,4 +92,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_list_show(
         p, what="every catalog model", list_func=_cmd_list, show_func=_cmd_show, show_arg="name",
         show_metavar=None, show_arg_help=f"catalog name: {', '.join(list_models())}",
-        show_help="print one model's spec as YAML (or JSON)", show_json_help="print JSON instead of YAML")
+        show_help="print one model's spec as YAML (or JSON)", show_json_help="the spec")

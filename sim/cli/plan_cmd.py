@@ -12,6 +12,8 @@ import sys
 import textwrap
 from typing import Any
 
+from simmoe.cli import common
+
 # the Python API's parameter names (errors name them) -> this command's flags
 FLAGS = {"slos": "--slo", "hws": "--hw", "policies": "--policies", "slots": "--slots", "batches": "--batch",
          "runtimes": "--runtimes", "seeds": "--seeds", "tol": "--tol", "start_rate": "--rate",
@@ -64,8 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "requests for a queue to build up above the capacity)")
     p.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
     p.add_argument("--out", help="keep the runs here (.parquet/.csv; reused when re-run)")
-    p.add_argument("--json", metavar="OUT", help="write the result table and its context as JSON ('-': stdout; "
-                                                 "the readable report then goes to stderr)")
+    common.add_json(p, "the result table and its context (with '-' the readable report goes to stderr)")
     p.add_argument("--plot", metavar="OUT.png", help="Pareto fronts: first SLO metric vs cost and vs GPU memory "
                                                      "(--find-max-rate: max rate vs cost)")
     p.add_argument("--top", type=int, default=15, help="feasible configurations listed (default 15)")
@@ -139,7 +140,8 @@ def _run(args: argparse.Namespace) -> int:
     common: dict[str, Any] = dict(
         hws=_csv(args.hw, "--hw"), policies=_csv(args.policies, "--policies"), slots=_slots(args.slots),
         batches=_csv(args.batch, "--batch", int), seeds=1 if args.seeds is None else args.seeds, base=base,
-        workers=args.workers, out=args.out, runtimes=_csv(args.runtimes, "--runtimes"))
+        workers=args.workers, out=args.out, runtimes=_csv(args.runtimes, "--runtimes"),
+        progress=False if args.quiet else None)
     report = sys.stderr if args.json == "-" else sys.stdout
     if args.find_max_rate:
         df = find_max_rate(args.trace, slos, tol=0.05 if args.tol is None else args.tol, start_rate=args.rate,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
+from simmoe.cli import common
 from simmoe.errors import InputError
 from simmoe.fileio import check_output
 from simmoe.policies.config import parse_kv
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "repeated requests reuse the original routing)")
     g.add_argument("--slo-ttft-ms", type=float, help="TTFT SLO per request, for SLO attainment and goodput")
     g.add_argument("--slo-tpot-ms", type=float, help="TPOT SLO per request (mean over its decode tokens)")
-    p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+    common.add_json(p, "the summary")
     p.add_argument("--steps-csv", metavar="OUT", help="write the per-step table as CSV (first line: a '#' comment "
                                                       "holding the provenance; pandas: read_csv(OUT, comment='#'))")
     p.add_argument("--requests-csv", metavar="OUT",
@@ -75,7 +78,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="steps recorded in the timeline (default 0:50)")
     p.add_argument("--plot", metavar="OUT.png", help="write an overview figure (hit rate, latency per step, "
                                                      "timeline of the first --timeline-steps, GPU memory)")
-    p.add_argument("--quiet", action="store_true", help="no summary on stdout")
     p.set_defaults(func=run)
 
 
@@ -83,17 +85,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 CONFIG_FLAGS = ("batch", "prefill_chunk", "host_memory", "copy_stream", "engine", "max_requests",
                 "prefetch_chunk_mb", "arrivals", "rate", "cv", "seed", "max_batched_tokens", "requests",
                 "slo_ttft_ms", "slo_tpot_ms", "parallel", "gpus")
-
-
-def _window(text: str) -> tuple[int, int]:
-    a, sep, b = text.partition(":")
-    try:
-        lo, hi = int(a or 0), int(b) if b else 10**12
-    except ValueError:
-        raise InputError("--timeline-steps", text, "expected START:STOP step numbers") from None
-    if not sep or lo < 0 or hi <= lo:
-        raise InputError("--timeline-steps", text, "expected START:STOP with 0 <= START < STOP")
-    return lo, hi
 
 
 def policy_set_from_args(args: argparse.Namespace):
@@ -127,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     from simmoe.provenance import write_csv_header
     from simmoe.trace.format import read_trace
 
-    for path, flag in ((args.json, "--json"), (args.steps_csv, "--steps-csv"), (args.requests_csv, "--requests-csv"),
+    common.check_json(args.json)
+    for path, flag in ((args.steps_csv, "--steps-csv"), (args.requests_csv, "--requests-csv"),
                        (args.timeline, "--timeline")):
         check_output(path, flag)
     if args.report:
@@ -142,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     # only the settings given: ReplayConfig rejects one that has no effect (--rate without arrivals)
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     if args.timeline or args.plot:
-        given["timeline_steps"] = _window(args.timeline_steps or "0:50")
+        given["timeline_steps"] = args.timeline_steps or "0:50"  # ReplayConfig reads START:STOP
     elif args.timeline_steps is not None:
         raise InputError("--timeline-steps", None, "only used with --timeline or --plot")
     cfg = ReplayConfig(**given)
@@ -150,16 +142,14 @@ def run(args: argparse.Namespace) -> int:
     hw = load_profile(args.hw)
     trace = read_trace(args.trace)
     whole = trace.model_spec.num_moe_layers
-    if trace.num_layers < whole and not args.quiet:  # a partial capture: simulated as the cut-down model
-        print(f"simmoe: note: {args.trace} covers the first {trace.num_layers} of {trace.model_spec.name}'s {whole} "
-              f"MoE layers: simulated as that cut-down model (time and memory of those layers only)",
-              file=sys.stderr)
-    result = Replay(trace, hw, pset, cfg, hw_name=args.hw, runtime=runtime).run(progress=sys.stderr.isatty())
+    if trace.num_layers < whole:  # a partial capture: simulated as the cut-down model
+        log.warning(f"{args.trace} covers the first {trace.num_layers} of {trace.model_spec.name}'s {whole} MoE "
+                    f"layers: simulated as that cut-down model (time and memory of those layers only)")
+    result = Replay(trace, hw, pset, cfg, hw_name=args.hw, runtime=runtime).run(progress=not args.quiet)
     if getattr(args, "command_line", None):
         result.provenance["command"] = args.command_line
     if args.json:
-        with atomic_open(args.json) as f:
-            f.write(result.to_json() + "\n")
+        common.write_json(args.json, result.to_json())
     for path, table in ((args.steps_csv, result.steps), (args.requests_csv, result.requests)):
         if path:
             with atomic_open(path) as f:
@@ -180,6 +170,6 @@ def run(args: argparse.Namespace) -> int:
         from simmoe.plots import overview, save
 
         save(overview(result), args.plot)
-    if not args.quiet:
+    if not args.quiet and not common.json_to_stdout(args):
         print(result.format())
     return 0

@@ -1,14 +1,13 @@
 """`simmoe runtimes`: runtime profiles (the software that runs the model).
 
     simmoe runtimes                     table of the bundled runtimes
-    simmoe runtimes list [--json]       the same (rows as JSON with --json)
+    simmoe runtimes list [--json OUT]   the same (--json OUT writes the rows as JSON; --json - prints them)
     simmoe runtimes show NAME_OR_PATH   one runtime, validated, as YAML with every default filled in
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -55,9 +54,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     path = resolve_runtime_path(args.runtime)
     rt = load_runtime(path)
-    if getattr(args, "json", False):
-        print(json.dumps(rt.model_dump(), indent=2))
-    else:
+    if not listing.show_json(args, rt.model_dump()):
         sys.stdout.write(f"# {rt.name}: validated, every default filled in (from {path}; the figures' sources "
                          f"are the comments of the bundled file and docs/runtimes/)\n")
         sys.stdout.write(dump_runtime(rt))
@@ -75,4 +72,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p, what="the bundled runtimes", list_func=_cmd_list, show_func=_cmd_show, show_arg="runtime",
         show_metavar="NAME_OR_PATH", show_arg_help=f"a bundled runtime ({', '.join(list_runtimes())}) or a path "
         "to a YAML file", show_help="print one runtime, validated, as YAML with defaults filled in",
-        show_json_help="print JSON instead of YAML")
+        show_json_help="the validated runtime")

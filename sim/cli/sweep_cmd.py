@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,8 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "simmoe.sweeps.spec) and write one row per configuration. Results are appended as they "
                     "finish; re-running the same command skips configurations already done. A configuration "
                     "with bad values (e.g. a cache that does not fit) is recorded with its error.")
-    p.add_argument("spec", help="sweep spec YAML")
-    p.add_argument("--out", required=True, help="results table (.parquet or .csv); resumed if it exists")
+    p.add_argument("spec", nargs="?", help="sweep spec YAML (its JSON Schema: --schema -)")
+    p.add_argument("--out", help="results table (.parquet or .csv; required); resumed if it exists")
+    p.add_argument("--schema", metavar="OUT", help="write the sweep spec's JSON Schema to OUT ('-': to stdout) "
+                                                   "and exit (for editors: completion and checks of spec files)")
     p.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local process pool (default) or Ray")
@@ -23,7 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="DIR", help="write DIR/index.html: a self-contained page with the results "
                                                    "table, a throughput vs p90 TPOT figure, the provenance and the "
                                                    "command")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
 
@@ -35,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from simmoe.sweeps.spec import load_spec
     from simmoe.sweeps.store import ResultStore, check_out
 
+    if args.schema is not None:
+        return _write_schema(args)
+    if args.spec is None or args.out is None:
+        raise InputError("sweep", "--out" if args.spec else "SPEC", "give a sweep spec and --out (or --schema OUT)")
     check_out(args.out)
     if args.report:
         from simmoe.report import check_report_dir
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         _note_others(len(set(store.records) - keys), args.out)
         return 0
     rep = run_sweep(spec.configs, args.out, workers=args.workers, backend=args.backend, address=args.address,
-                    progress=False if args.quiet else None)
+                    progress=not args.quiet)
     mine = rep.results[rep.results["key"].isin(keys)]
     if not args.quiet:
         print(f"{rep.total} configurations: {rep.skipped} already done, ran {rep.ran} in {rep.wall_s:.1f} s "
@@ -85,6 +92,19 @@ def _note_others(n: int, out: str) -> None:
     """Rows of configurations that are not in this spec (an earlier, larger spec wrote them) stay in the
     table: say so, since load_results(out) returns them too."""
     if n:
-        print(f"simmoe: note: {out} also holds {n} configuration{'s' if n > 1 else ''} from earlier runs that "
-              "this spec does not list (kept, and load_results returns them too; use another --out to keep runs "
-              "apart)", file=sys.stderr)
+        log.warning(f"{out} also holds {n} configuration{'s' if n > 1 else ''} from earlier runs that this spec "
+                    "does not list (kept, and load_results returns them too; use another --out to keep runs apart)")
+
+
+def _write_schema(args: argparse.Namespace) -> int:
+    from simmoe.cli import common
+    from simmoe.errors import InputError
+    from simmoe.sweeps.schema import spec_schema
+
+    given = [f for f, v in (("SPEC", args.spec), ("--out", args.out), ("--dry-run", args.dry_run),
+                            ("--workers", args.workers), ("--address", args.address)) if v]
+    if given:
+        raise InputError("--schema", None, f"writes the schema and runs nothing: {given[0]} would have no effect")
+    common.check_json(args.schema, "--schema")
+    common.write_json(args.schema, spec_schema())
+    return 0

@@ -42,7 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (results are bit-identical only for the same count)")
     p.add_argument("--extra-meta", metavar="FILE.json",
                    help="JSON object stored in the trace's meta as 'extra' (e.g. how the model was trained)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,11 +73,17 @@ def register(trace_subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from simmoe.cli import common
+
     p = argparse.ArgumentParser(prog="simmoe trace capture", description=DESCRIPTION)
     add_arguments(p)
+    common.add_verbosity(p, top=True)
     args = p.parse_args(argv)
     try:
-        return run(args)
+        common.merge_verbosity(args)
+        common.setup_logging(args.verbose, args.quiet)
+        with common.warnings_shown(args.quiet):
+            return run(args)
     except InputError as e:
         print(f"simmoe: error: {e.line()}", file=sys.stderr)
         return 2

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from simmoe.cli import common
 from simmoe.errors import InputError
-from simmoe.fileio import atomic_open, atomic_path, check_output
+from simmoe.fileio import atomic_path, check_output
 
 TRACE_SUBCOMMAND_MODULES = ["simmoe.cli.trace_capture"]
 
@@ -70,14 +70,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from simmoe.trace.format import read_trace
     from simmoe.trace.stats import format_stats, trace_stats
 
-    check_output(args.json, "--json")
+    common.check_json(args.json)
     check_output(args.plot, "--plot")
     stats = trace_stats(read_trace(args.file))
-    print(format_stats(stats))
+    if not common.json_to_stdout(args):
+        print(format_stats(stats))
     if args.json:
-        with atomic_open(args.json) as f:
-            json.dump(_json_clean(stats), f, indent=1)
-            f.write("\n")
+        common.write_json(args.json, _json_clean(stats), indent=1)
     if args.plot:
         plot_stats(stats, args.plot)
     return 0
@@ -182,10 +181,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     info = sub.add_parser("info", help="statistics of a trace (popularity, reuse, LRU curve, predictability)",
                           description="Requests, rows, prefill/decode split, per-layer popularity skew, reuse of "
-                          "the previous token's experts, per-layer LRU hit rate at 12.5/25/50/75%% of each "
+                          "the previous token's experts, per-layer LRU hit rate at 12.5/25/50/75% of each "
                           "layer's experts (cold start, requests in id order), next-layer predictability.")
     info.add_argument("file", help="simmoe-trace/1 .npz file")
-    info.add_argument("--json", metavar="OUT", help="write every statistic as JSON")
+    common.add_json(info, "every statistic")
     info.add_argument("--plot", metavar="OUT.png", help="draw the LRU curve and per-layer popularity (PNG)")
     info.set_defaults(func=_cmd_info)
 

@@ -50,7 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where the executor runs (default: cuda when torch sees a GPU, else cpu)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (CPU experts, --device cpu)")
     p.add_argument("--out", default="validation", metavar="DIR", help="report folder (default: ./validation)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p.set_defaults(func=run)
 
 
@@ -71,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from simmoe.hw.profile import load_profile
 
     # Everything the user gave is checked before the (long) measurement starts.
-    if any(b < 1 for b in args.batch):
-        raise InputError("--batch", None, f"must be >= 1, got {min(args.batch)}")
-    for flag, v in (("--layers", args.layers), ("--max-requests", args.max_requests), ("--threads", args.threads)):
+    settings = [ReplayConfig(batch=b, max_requests=args.max_requests, host_memory=args.host_memory,
+                             copy_stream=args.copy_stream) for b in dict.fromkeys(args.batch)]  # checks them
+    for flag, v in (("--layers", args.layers), ("--threads", args.threads)):
         if v is not None and v < 1:
             raise InputError(flag, None, f"must be >= 1, got {v}")
     out = Path(args.out)
@@ -98,10 +97,8 @@ def run(args: argparse.Namespace) -> int:
     kept = []
     for c in configs:
         try:
-            for b in batches:  # sizes the cache as the simulator will: a configuration that cannot fit fails here
-                prepare(trace, hw, c.pset, ReplayConfig(batch=b, max_requests=args.max_requests,
-                                                        host_memory=args.host_memory, copy_stream=args.copy_stream),
-                        runtime=runtime)
+            for cfg in settings:  # sizes the cache as the simulator will: a configuration that cannot fit fails here
+                prepare(trace, hw, c.pset, cfg, runtime=runtime)
             kept.append(c)
         except InputError as e:
             if explicit:
@@ -118,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--device", None, "cuda requested but torch sees no GPU (use --device cpu for the "
                          "tiny test mode)")
     rep = run_validation(trace, hw, kept, batches, device=device, hw_label=args.hw, threads=args.threads,
-                         max_requests=args.max_requests, progress=not args.no_progress and sys.stderr.isatty(),
+                         max_requests=args.max_requests, progress=not args.quiet,
                          runtime=runtime, host_memory=args.host_memory, copy_stream=args.copy_stream)
     rep.notes += [f"skipped (does not fit): {s}" for s in skipped]
     paths = write_report(rep, out)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from simmoe.errors import InputError
-from simmoe.validation import STRICT, AsTuple, ChunkMiB, describe, first_error
+from simmoe.validation import STRICT, ChunkMiB, describe, first_error, tuple_from_list
 
 PosInt = Annotated[int, Field(ge=1)]
 PosReal = Annotated[float, Field(gt=0)]  # finite: STRICT rejects NaN and infinity
@@ -27,37 +27,69 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _window(v: Any) -> Any:
+    """'START:STOP' (the command line's --timeline-steps; either end may be left out) -> (START, STOP)."""
+    if not isinstance(v, str):
+        return tuple_from_list(v)
+    a, sep, b = v.partition(":")
+    try:
+        lo, hi = int(a or 0), int(b) if b else 10**12
+    except ValueError:
+        raise ValueError(f"expected START:STOP step numbers, got {v!r}") from None
+    if not sep:
+        raise ValueError(f"expected START:STOP step numbers, got {v!r}")
+    return lo, hi
+
+
+def _ordered(v: tuple[int, int] | None) -> tuple[int, int] | None:
+    if v is not None and v[1] <= v[0]:
+        raise ValueError(f"must have START < STOP in START:STOP, got {v[0]}:{v[1]}")
+    return v
+
+
+# [start, stop) steps; 'START:STOP' text is read as that pair
+Window = Annotated[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]], BeforeValidator(_window),
+                   AfterValidator(_ordered)]
+
+
 class ReplayConfig(BaseModel):
     model_config = STRICT
 
-    batch: PosInt = 1  # concurrent requests in the decode batch
-    prefill_chunk: PosInt | None = None  # prefill rows per step (None: a request's whole prompt in one step)
-    # where offloaded experts live on the host, and the stream expert copies are issued on (None: the runtime
-    # profile's choice; given, they override it)
-    host_memory: Literal["pinned", "pageable"] | None = None
-    copy_stream: Literal["separate", "compute"] | None = None
-    engine: Literal["fast", "simpy"] = "fast"  # recurrence, or one SimPy event per kernel (reference)
-    staging_buffers: PosInt = 2  # expert buffers for policies without a cache (ondemand)
-    # ProMoE's chunked, preemptible prefetch (None: copies are FIFO). Every prefetcher's copies are split into
-    # chunks of at most this many MiB (each chunk pays the PCIe latency); a demand copy overtakes them at the
-    # running chunk's end. See timeline.ChunkedTimeline.
-    prefetch_chunk_mb: ChunkMiB | None = None
-    # [start, stop) steps recorded for --timeline
-    timeline_steps: Annotated[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]], AsTuple] | None = None
-    max_requests: PosInt | None = None  # replay only the first N requests
-    # serving: arrivals and the batch scheduler's limits (closed = every request waiting at t=0)
-    arrivals: Literal["closed", "trace", "poisson", "gamma"] = "closed"
-    rate: PosReal | None = None  # requests per second (poisson, gamma)
-    cv: PosReal = 1.0  # coefficient of variation of gamma inter-arrival gaps
-    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0  # seed of the arrival draws (poisson, gamma)
-    max_batched_tokens: PosInt | None = None  # tokens per step (caps prefill chunks)
-    requests: PosInt | None = None  # cycle the trace's requests up to this many (explicit, reported)
-    slo_ttft_ms: PosReal | None = None  # SLO attainment / goodput thresholds (per request)
-    slo_tpot_ms: PosReal | None = None
-    # several GPUs (a profile with a topology: section; sim/engine/parallel.py): split the model by layers
-    # (pipeline) or shard each layer's experts (expert), over `gpus` of them (None: all the profile has)
-    parallel: Literal["none", "pipeline", "expert"] = "none"
-    gpus: PosInt | None = None
+    batch: PosInt = Field(1, description="concurrent requests in the decode batch")
+    prefill_chunk: PosInt | None = Field(None, description="prefill rows per step (default: a request's whole "
+                                                           "prompt in one step)")
+    # given, these override the runtime profile's choice
+    host_memory: Literal["pinned", "pageable"] | None = Field(
+        None, description="host memory holding offloaded experts (default: the runtime's)")
+    copy_stream: Literal["separate", "compute"] | None = Field(
+        None, description="stream expert copies are issued on (default: the runtime's)")
+    engine: Literal["fast", "simpy"] = Field("fast", description="fast recurrence, or one SimPy event per kernel "
+                                                                 "(the slow reference)")
+    staging_buffers: PosInt = Field(2, description="expert buffers for policies without a cache (ondemand)")
+    # ProMoE's chunked, preemptible prefetch: see timeline.ChunkedTimeline
+    prefetch_chunk_mb: ChunkMiB | None = Field(
+        None, description="split every prefetch copy into chunks of at most this many MiB (each pays the PCIe "
+                          "latency) that a demand copy overtakes at a chunk's end (default: copies are FIFO)")
+    timeline_steps: Window | None = Field(None, description="[START, STOP) steps recorded for the timeline")
+    max_requests: PosInt | None = Field(None, description="replay only the first N requests")
+    # serving: arrivals and the batch scheduler's limits
+    arrivals: Literal["closed", "trace", "poisson", "gamma"] = Field(
+        "closed", description="closed: every request waiting at t=0; trace: the trace's arrival_s; poisson / "
+                              "gamma: seeded arrivals at `rate`")
+    rate: PosReal | None = Field(None, description="requests per second (poisson, gamma arrivals)")
+    cv: PosReal = Field(1.0, description="coefficient of variation of gamma inter-arrival gaps")
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = Field(0, description="seed of the arrival draws (poisson, "
+                                                                          "gamma)")
+    max_batched_tokens: PosInt | None = Field(None, description="tokens per step (caps prefill chunks)")
+    requests: PosInt | None = Field(None, description="cycle the trace's requests up to this many (the repeats "
+                                                      "reuse the original routing)")
+    slo_ttft_ms: PosReal | None = Field(None, description="TTFT SLO per request (SLO attainment, goodput)")
+    slo_tpot_ms: PosReal | None = Field(None, description="TPOT SLO per request (mean over its decode tokens)")
+    # several GPUs (a profile with a topology: section; sim/engine/parallel.py)
+    parallel: Literal["none", "pipeline", "expert"] = Field(
+        "none", description="several GPUs: split the model by layers (pipeline) or shard each layer's experts "
+                            "(expert)")
+    gpus: PosInt | None = Field(None, description="GPUs the model is split over (default: all the profile has)")
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -76,9 +108,6 @@ class ReplayConfig(BaseModel):
         if self.max_batched_tokens is not None and self.max_batched_tokens < self.batch:
             raise InputError("--max-batched-tokens", None, f"must be >= --batch ({self.batch}), got "
                                                            f"{self.max_batched_tokens}")
-        if self.timeline_steps is not None and self.timeline_steps[1] <= self.timeline_steps[0]:
-            raise InputError("--timeline-steps", None, f"START:STOP must have START < STOP, got "
-                                                       f"{self.timeline_steps[0]}:{self.timeline_steps[1]}")
         if self.arrivals in DRAWN and self.rate is None:
             raise InputError("--rate", None, f"{self.arrivals} arrivals need a request rate (requests/s)")
         for name in ("rate", "seed"):  # settings of drawn arrivals only: never silently without effect

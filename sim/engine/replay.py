@@ -9,7 +9,7 @@ engine="simpy", one SimPy event per kernel. Both give the same times (tested).
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 
@@ -31,6 +31,8 @@ from simmoe.policies.base import PolicySet
 from simmoe.provenance import run_provenance
 from simmoe.runtime.profile import RuntimeProfile, load_runtime
 from simmoe.trace.format import Trace, read_trace
+
+logger = logging.getLogger(__name__)
 
 
 class Replay:
@@ -62,6 +64,10 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
     wall0 = time.perf_counter() if wall0 is None else wall0
     if isinstance(sc, parallel.ParallelScenario):
         return _play_parallel(sc, progress, wall0)
+    logger.info(f"replay {sc.spec.name} on {sc.hw_name} ({sc.runtime.name}, {sc.policies.pset.describe()}): "
+                f"{len(sc.ri.ids)} requests, {len(sc.steps) if not sc.online else 'online'} steps, cache "
+                f"{sc.cache.total_slots} expert slots ({sc.cache.scope}), engine {sc.cfg.engine}")
+    logger.debug(f"memory plan: {sc.memory}")
     planner = AccessPlanner(sc)
     chunk_mb = planner.chunk_mb()
     hw, cfg = sc.hw, sc.cfg
@@ -90,6 +96,8 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
                     memory=sc.memory, counts=planner.c, log=log, events=list(getattr(tl, "events", [])),
                     provenance=run_provenance(sc.trace.source, hw, sc.hw_name, sc.runtime, sc.runtime.name,
                                               sc.policies.pset, sc.policies.pset.describe(), cfg))
+    logger.debug(f"replay done: {planner.c.hits} hits, {planner.c.misses} misses in "
+                 f"{time.perf_counter() - wall0:.2f} s of wall time")
     return Result.build(rec, wall_s=time.perf_counter() - wall0)
 
 
@@ -134,10 +142,10 @@ def _driver(env: simpy.Environment, sc: Scenario, planner: AccessPlanner, timing
     c = planner.c
     bar = None
     if progress:
-        from tqdm import tqdm
+        from simmoe.progress import bar as progress_bar
 
-        bar = tqdm(total=len(sc.steps) if not sc.online else None, unit="step", desc="replay", file=sys.stderr,
-                   mininterval=0.5)
+        bar = progress_bar(total=len(sc.steps) if not sc.online else None, unit="step", desc="replay",
+                           mininterval=0.5)
     n = 0
     for step in steps_of(env, sc):
         if isinstance(step, Idle):  # nothing has arrived: wait for the next request

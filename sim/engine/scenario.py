@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simmoe.engine.checks import warn_suspicious
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.costs import CostModel
 from simmoe.engine.memory import DeviceShare, MemoryPlan, fixed_plan
@@ -187,12 +188,14 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
     moe_of = [-1] * spec.num_layers
     for m, li in enumerate(spec.moe_layers):
         moe_of[li] = m
-    return Scenario(trace=tr, spec=spec, hw=hw, hw_name=hw_name, runtime=runtime, cfg=cfg,
+    sc = Scenario(trace=tr, spec=spec, hw=hw, hw_name=hw_name, runtime=runtime, cfg=cfg,
                     host_memory=host_memory, copy_stream=copy_stream, policies=r, router=router,
                     routing_fidelity=fidelity, nested=nested, ri=ri, online=online,
                     arrival_us=_frozen(arrival_us), steps=steps, costs=costs, memory=memory, cache=sizing,
                     cpu_layers=frozenset(cpu_layers), moe_of=tuple(moe_of), has_null=has_null,
                     step_experts=step_ex, access_keys=_frozen(keys), next_use=_frozen(next_use))
+    warn_suspicious(sc)  # valid but probably not what was meant: said once, the run goes on
+    return sc
 
 
 def with_weights(spec: ModelSpec, runtime: RuntimeProfile) -> ModelSpec:

@@ -18,14 +18,59 @@ Unknown keys are errors; command-line flags given beside a file override the fil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from simmoe.errors import InputError
 from simmoe.policies.base import PolicySet
+from simmoe.validation import STRICT, describe, error_loc, first_error
 from simmoe.yamlio import load_yaml, scalar
 
 KINDS = ("cache", "prefetch", "placement", "precision", "routing")
 FILE_KEYS = KINDS + tuple(f"{k}_options" for k in KINDS)
+
+# A KIND_options mapping as written: `cache_options:` left empty (YAML null) means no options.
+OptionMap = Annotated[dict[str, Any], BeforeValidator(lambda v: {} if v is None else v)]
+
+
+class PolicyFile(BaseModel):
+    """The schema of a policy file (STRICT: unknown keys and wrong types are errors). Option values are
+    checked later, by each policy's own Options model, once the names are resolved."""
+
+    model_config = STRICT
+
+    cache: str = Field(description="cache policy or named system")
+    cache_options: OptionMap = {}
+    prefetch: str | None = None
+    prefetch_options: OptionMap = {}
+    placement: str | None = None
+    placement_options: OptionMap = {}
+    precision: str | None = None
+    precision_options: OptionMap = {}
+    routing: str | None = None
+    routing_options: OptionMap = {}
+
+    @model_validator(mode="after")
+    def _options_need_their_policy(self) -> PolicyFile:
+        for kind in KINDS[1:]:
+            if getattr(self, f"{kind}_options") and getattr(self, kind) is None:
+                raise ValueError(f"{kind}_options: given without a {kind} policy (they would have no effect)")
+        return self
+
+
+def _file_error(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return f"unknown key; valid keys: {', '.join(FILE_KEYS)}"
+    if err["type"] == "missing":
+        return "missing (a cache policy or a named system)"
+    if err["type"] == "string_type" and len(err["loc"]) == 1:  # a kind's policy name (not an option key)
+        return f"must be a policy name{describe(err).removeprefix('must be a string')}"
+    if err["type"] == "dict_type":
+        return "must be a mapping of option: value"
+    if err["type"] == "model_type":
+        return "must be a mapping of kind: policy name (and KIND_options)"
+    return describe(err)
 
 
 def is_policy_file(name: str) -> bool:
@@ -33,26 +78,19 @@ def is_policy_file(name: str) -> bool:
 
 
 def load_policy_file(path: str | Path) -> dict[str, Any]:
+    """The file's entries (those it gives, options as mappings), validated by PolicyFile."""
     src = str(path)
     raw = load_yaml(path, "policy file")
-    if not isinstance(raw, dict):
-        raise InputError(src, None, "must be a mapping of kind: policy name (and KIND_options)")
-    for key, value in raw.items():
-        if key not in FILE_KEYS:
-            raise InputError(src, str(key), f"unknown key; valid keys: {', '.join(FILE_KEYS)}")
-        if key.endswith("_options"):
-            if value is None:
-                raw[key] = {}
-            elif not isinstance(value, dict):
-                raise InputError(src, key, "must be a mapping of option: value")
-        elif not isinstance(value, str):
-            raise InputError(src, key, "must be a policy name")
-    if "cache" not in raw:
-        raise InputError(src, "cache", "missing (a cache policy or a named system)")
-    for kind in KINDS[1:]:
-        if raw.get(f"{kind}_options") and not raw.get(kind):
-            raise InputError(src, f"{kind}_options", f"given without a {kind} policy (they would have no effect)")
-    return raw
+    try:
+        PolicyFile.model_validate(raw)
+    except ValidationError as e:
+        err = first_error(e)
+        loc = error_loc(err)
+        msg = _file_error(err)
+        if err["type"] == "value_error":  # the model validator names the key in its message
+            loc, _, msg = msg.partition(": ")
+        raise InputError(src, loc or None, msg) from None
+    return {k: ({} if v is None else v) if k.endswith("_options") else v for k, v in raw.items()}
 
 
 def policy_set(cli: dict[str, Any]) -> PolicySet:

@@ -8,9 +8,11 @@ an unexpected exception is recorded as status "crash" with its type and message.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -21,10 +23,13 @@ from typing import Any
 import pandas as pd
 
 from simmoe import __version__
-from simmoe.errors import InputError
+from simmoe.errors import InputError, SimmoeWarning, warn
 from simmoe.provenance import flat_columns
 from simmoe.sweeps.spec import POLICY_KINDS, Config, config_fields, param_names
 from simmoe.sweeps.store import ResultStore, flatten
+
+logger = logging.getLogger(__name__)
+WARNINGS = "_warnings"  # run_one's key for its warnings: shown by the caller, not stored in the results
 
 
 def trace_at(path: str):
@@ -72,7 +77,18 @@ def replay_args(resolved: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def run_one(resolved: dict[str, Any]) -> dict[str, Any]:
-    """Replays one configuration; returns status, error, run_s and the flattened summary."""
+    """Replays one configuration; returns status, error, run_s, the flattened summary and, under WARNINGS, the
+    messages of the SimmoeWarnings it raised (a worker process cannot show them: the caller does)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SimmoeWarning)
+        out = _run_one(resolved)
+    said = [str(w.message) for w in caught if issubclass(w.category, SimmoeWarning)]
+    if said:
+        out[WARNINGS] = list(dict.fromkeys(said))
+    return out
+
+
+def _run_one(resolved: dict[str, Any]) -> dict[str, Any]:
     from simmoe.engine.replay import replay
 
     t0 = time.perf_counter()
@@ -173,9 +189,9 @@ def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None
               pool: Executor | None = None) -> SweepReport:
     """Runs the configurations not yet in `out`, appending each record as it finishes; writes the table.
 
-    progress: None shows a tqdm bar when stderr is a terminal. pool: a process_pool() the local backend
-    uses instead of starting its own (callers that run many small batches keep one warm)."""
-    from tqdm import tqdm
+    progress: a bar on stderr when it is a terminal (simmoe.progress); False: none. pool: a process_pool() the
+    local backend uses instead of starting its own (callers that run many small batches keep one warm)."""
+    from simmoe.progress import bar as progress_bar
 
     if backend not in ("local", "ray"):
         raise InputError("--backend", backend, "must be local or ray")
@@ -187,13 +203,17 @@ def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None
     todo = [c for c in configs if c.key not in done]
     workers = workers or os.cpu_count() or 1
     counts = {"ok": 0, "error": 0, "crash": 0}
+    logger.info(f"sweep: {len(todo)} of {len(configs)} configurations to run ({len(configs) - len(todo)} done "
+                f"earlier), {backend} backend, {workers} workers")
     gen = _local(todo, min(workers, max(1, len(todo))), pool) if backend == "local" \
         else _ray(todo, workers, address)
     try:
-        with tqdm(total=len(todo), unit="cfg", disable=(None if progress is None else not progress),
-                  desc="sweep") as bar:
+        with progress_bar(total=len(todo), enabled=progress, unit="cfg", desc="sweep") as bar:
             for cfg, result in gen:
+                for message in result.pop(WARNINGS, ()):
+                    warn(message)
                 rec = _record(cfg, result)
+                logger.debug(f"{cfg.key} {rec['status']} in {rec['run_s']:.2f} s {rec.get('error') or ''}")
                 store.add(rec)
                 counts[rec["status"]] += 1
                 if on_record:

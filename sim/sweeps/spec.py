@@ -19,9 +19,10 @@ field (batch, prefill_chunk, max_requests, ...; new fields work as soon as Repla
 values are overridden by grid and case values; a case may not set a parameter the grid sweeps. Relative
 paths (trace, hw and policy files) are relative to the spec file's folder.
 
-Names and shapes are checked when the spec is loaded (unknown keys, parameters, policies, options, profiles,
-missing traces, a mapping or list where a single value belongs: one error naming the file and key). Values
-are checked when a configuration runs (by the same strict ReplayConfig and policy options as `replay`), and
+Names, shapes and value types are checked when the spec is loaded (unknown keys, parameters, policies,
+options, profiles, missing traces, a mapping or list where a single value belongs, `batch: "4"`: one error
+naming the file and key; the models are in schema.py, which also gives the spec's JSON Schema). Bounds
+and combinations are checked when a configuration runs (by the same strict ReplayConfig and policy options as `replay`), and
 a bad one is recorded in the results rather than stopping the sweep: a grid may hold combinations that do
 not go together (batch 8 with max_batched_tokens 4). A sweep in which no configuration succeeds exits 2.
 """
@@ -37,10 +38,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from simmoe.errors import InputError
-from simmoe.validation import STRICT, describe
+from simmoe.sweeps.schema import spec_model
+from simmoe.validation import describe, first_error
 from simmoe.yamlio import load_yaml
 
 POLICY_KINDS = ("policy", "prefetch", "placement", "precision", "routing")
@@ -73,14 +75,6 @@ class Config:
     params: dict[str, Any]
     resolved: dict[str, Any]
     key: str = field(compare=False)
-
-
-class _SpecFile(BaseModel):
-    model_config = STRICT
-    trace: str | list[str] | None = None
-    base: dict[str, Any] = {}
-    grid: dict[str, list[Any]] = {}
-    cases: list[dict[str, Any]] = []
 
 
 def _check_key(key: str, source: str, where: str) -> None:
@@ -259,22 +253,27 @@ def expand(data: object, source: str, folder: Path) -> SweepSpec:
     """Configurations from a parsed spec mapping."""
     if not isinstance(data, dict):
         raise InputError(source, None, "a sweep spec must be a YAML mapping (trace, base, grid, cases)")
+    model = spec_model(bounds=False)  # names and value types now; bounds when each configuration runs
     try:
-        spec = _SpecFile.model_validate(data)
+        model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        err = first_error(e)
         loc = ".".join(str(x) for x in err["loc"]) or None
         if err["type"] == "extra_forbidden":
-            valid = list(_SpecFile.model_fields)
+            valid = list(model.model_fields)
             raise InputError(source, loc, f"unknown key; {_hint(str(err['loc'][-1]), valid)}"
                                           f"valid keys: {', '.join(valid)}") from None
+        if err["type"] == "too_short":
+            raise InputError(source, loc, "empty list (a sweep over nothing)") from None
         raise InputError(source, loc, describe(err)) from None
-    base = _flatten(spec.base, source, "base")
-    grid_raw = spec.grid
-    if spec.trace is not None:
+    # the values as written (validation would turn an integer rate into a float, and change the keys)
+    trace = data.get("trace")
+    base = _flatten(data.get("base") or {}, source, "base")
+    grid_raw = data.get("grid") or {}
+    if trace is not None:
         if "trace" in grid_raw or "trace" in base:
             raise InputError(source, "trace", "given at the top level and in base/grid")
-        grid_raw = {"trace": spec.trace if isinstance(spec.trace, list) else [spec.trace], **grid_raw}
+        grid_raw = {"trace": trace if isinstance(trace, list) else [trace], **grid_raw}
     axes: list[tuple[str, list[Any]]] = []
     for key, values in grid_raw.items():
         _check_key(str(key), source, "grid")
@@ -285,7 +284,7 @@ def expand(data: object, source: str, folder: Path) -> SweepSpec:
                 if not isinstance(v, dict):
                     raise InputError(source, f"grid.{key}", "each value must be a mapping of option: value")
         axes.append((str(key), values))
-    cases = [_flatten(c, source, f"cases[{i}]") for i, c in enumerate(spec.cases)] or [{}]
+    cases = [_flatten(c, source, f"cases[{i}]") for i, c in enumerate(data.get("cases") or [])] or [{}]
     swept = {k for k, _ in axes}
     for i, case in enumerate(cases):
         for k in case:

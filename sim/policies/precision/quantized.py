@@ -8,21 +8,26 @@ Mixtral-offloading setting (2-bit, group 16, 8-bit scales and zeros) is bits=2 g
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 from simmoe.policies.base import Options, PrecisionPolicy
 
+BIT_WIDTHS = (1, 2, 3, 4, 5, 6, 8)
+
+
+def _bit_width(b: int) -> int:
+    if b not in BIT_WIDTHS:
+        raise ValueError(f"must be one of {', '.join(map(str, BIT_WIDTHS))}, got {b}")
+    return b
+
 
 class QuantizedOptions(Options):
-    bits: int = 4
-    group_size: int = 64
-    meta_bits: int = 32  # scale + zero per group (fp16 each)
-    dequant_flops_per_param: float = 2.0  # unpack + scale (+ zero) per weight per kernel
-
-    def model_post_init(self, _ctx) -> None:
-        if self.bits not in (1, 2, 3, 4, 5, 6, 8):
-            raise ValueError("bits must be one of 1, 2, 3, 4, 5, 6, 8")
-        if self.group_size < 1 or self.meta_bits < 0 or self.dequant_flops_per_param < 0:
-            raise ValueError("group_size must be >= 1, meta_bits and dequant_flops_per_param >= 0")
+    bits: Annotated[int, AfterValidator(_bit_width)] = 4  # int, not Literal: a Literal takes True for 1
+    group_size: int = Field(64, ge=1)
+    meta_bits: int = Field(32, ge=0)  # scale + zero per group (fp16 each)
+    dequant_flops_per_param: float = Field(2.0, ge=0.0)  # unpack + scale (+ zero) per weight per kernel
 
 
 class Quantized(PrecisionPolicy):

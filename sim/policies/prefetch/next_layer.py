@@ -11,21 +11,16 @@ only as faithful as the accuracy figure given.
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from simmoe.errors import InputError
 from simmoe.policies.base import Options, PrefetchPolicy, StepView
 
 
 class NextLayerOptions(Options):
-    accuracy: float | None = None  # used when the trace has no `predicted` array
-    distance: int = 1  # predict layer + distance (ProMoE's stride uses 2)
+    accuracy: float | None = Field(None, ge=0.0, le=1.0)  # used when the trace has no `predicted` array
+    distance: int = Field(1, ge=1)  # predict layer + distance (ProMoE's stride uses 2)
     seed: int = 0
-
-    def model_post_init(self, _ctx) -> None:
-        if self.accuracy is not None and not 0.0 <= self.accuracy <= 1.0:
-            raise ValueError("accuracy must be in [0, 1]")
-        if self.distance < 1:
-            raise ValueError("distance must be >= 1")
 
 
 class NextLayerPrefetch(PrefetchPolicy):

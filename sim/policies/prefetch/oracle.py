@@ -3,15 +3,13 @@ prefetcher: with enough copy bandwidth and cache room it hides every transfer.""
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from simmoe.policies.base import Options, PrefetchPolicy, StepView
 
 
 class OracleOptions(Options):
-    lookahead: int = 1  # MoE layers ahead (crosses into the next step after the last layer)
-
-    def model_post_init(self, _ctx) -> None:
-        if self.lookahead < 1:
-            raise ValueError("lookahead must be >= 1")
+    lookahead: int = Field(1, ge=1)  # MoE layers ahead (crosses into the next step after the last layer)
 
 
 def layers_ahead(view: StepView, layer: int, distance: int):

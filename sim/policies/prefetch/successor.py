@@ -10,17 +10,14 @@ Uses only routing already observed (the current step up to this layer and earlie
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from simmoe.policies.base import Options, PrefetchPolicy, StepView
 
 
 class SuccessorOptions(Options):
-    width: int | None = None  # experts to prefetch (default: the layer's expert count this step)
+    width: int | None = Field(None, ge=1)  # experts to prefetch (default: the layer's expert count this step)
     min_count: int = 1  # do not guess from a table row seen fewer times
-
-    def model_post_init(self, _ctx) -> None:
-        if self.width is not None and self.width < 1:
-            raise ValueError("width must be >= 1")
 
 
 class SuccessorPrefetch(PrefetchPolicy):

@@ -5,20 +5,15 @@ and computed; fidelity is the gate mass the kept experts carry (gates renormalis
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from simmoe.errors import InputError
 from simmoe.policies.base import Options, RoutingPolicy
 
 
 class AdaptiveKOptions(Options):
-    top_p: float = 0.9
-    min_k: int = 1
-
-    def model_post_init(self, _ctx) -> None:
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.min_k < 1:
-            raise ValueError("min_k must be >= 1")
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    min_k: int = Field(1, ge=1)
 
 
 class AdaptiveK(RoutingPolicy):
