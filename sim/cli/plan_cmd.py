@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         check_output(args.plot, "--plot")
     if args.json and args.json != "-":
         check_output(args.json, "--json")
-    common: dict[str, Any] = dict(
+    space: dict[str, Any] = dict(
         hws=_csv(args.hw, "--hw"), policies=_csv(args.policies, "--policies"), slots=_slots(args.slots),
         batches=_csv(args.batch, "--batch", int), seeds=1 if args.seeds is None else args.seeds, base=base,
         workers=args.workers, out=args.out, runtimes=_csv(args.runtimes, "--runtimes"),
@@ -145,13 +145,13 @@ def _run(args: argparse.Namespace) -> int:
     report = sys.stderr if args.json == "-" else sys.stdout
     if args.find_max_rate:
         df = find_max_rate(args.trace, slos, tol=0.05 if args.tol is None else args.tol, start_rate=args.rate,
-                           max_rate=args.max_rate, **common)
+                           max_rate=args.max_rate, **space)
         _print_max_rate(df, slos, args, report)
         n_ok = int(df["feasible"].sum())
         if args.plot:
             plot_max_rate(df, args.plot)
     else:
-        df = plan(args.trace, slos, rate=args.rate, **common)
+        df = plan(args.trace, slos, rate=args.rate, **space)
         _print_plan(df, slos, args, report)
         n_ok = int(df["feasible"].sum())
         if args.plot:
