@@ -78,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="steps recorded in the timeline (default 0:50)")
     p.add_argument("--plot", metavar="OUT.png", help="write an overview figure (hit rate, latency per step, "
                                                      "timeline of the first --timeline-steps, GPU memory)")
+    p.add_argument("--model", metavar="NAME_OR_PATH", help="replay the trace as this model instead of the one it "
+                   "names: a catalog name, a Hugging Face config.json or a spec .yaml (same routing shape)")
     p.set_defaults(func=run)
 
 
@@ -141,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     runtime = runtime_from_args(args, pset)
     hw = load_profile(args.hw)
     trace = read_trace(args.trace)
+    if args.model is not None:
+        from simmoe.api import with_model
+
+        trace = with_model(trace, args.model)
     whole = trace.model_spec.num_moe_layers
     if trace.num_layers < whole:  # a partial capture: simulated as the cut-down model
         log.warning(f"{args.trace} covers the first {trace.num_layers} of {trace.model_spec.name}'s {whole} MoE "

@@ -98,7 +98,9 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
                                               sc.policies.pset, sc.policies.pset.describe(), cfg))
     logger.debug(f"replay done: {planner.c.hits} hits, {planner.c.misses} misses in "
                  f"{time.perf_counter() - wall0:.2f} s of wall time")
-    return Result.build(rec, wall_s=time.perf_counter() - wall0)
+    result = Result.build(rec, wall_s=time.perf_counter() - wall0)
+    result.timeline_steps = cfg.timeline_steps  # what `events` holds (Result.write_timeline)
+    return result
 
 
 def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) -> Result:
