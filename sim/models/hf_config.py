@@ -313,7 +313,7 @@ def load_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
-    src = str(path)
+    src = str(p)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
