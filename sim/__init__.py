@@ -8,6 +8,8 @@ starts fast; the first use of a name imports its module.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,20 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(target[0]), target[1])
     globals()[name] = value  # later look-ups skip __getattr__
     return value
+
+
+class _Package(types.ModuleType):
+    """`simmoe.compare` is a function of the module simmoe.compare: importing that module binds it on the
+    package under the same name, which would replace the function. The function stays the export (the
+    module is `sys.modules["simmoe.compare"]`; `from simmoe.compare import ...` works as usual)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name, ("",))[0] == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:
