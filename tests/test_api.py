@@ -208,14 +208,21 @@ def test_write_timeline_errors(result, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_write_timeline_equals_the_cli_timeline(tmp_path):
+def test_write_timeline_is_the_chrome_trace_writer_with_the_run_s_own_arguments(tmp_path):
+    from simmoe.engine.chrome_trace import write_chrome_trace
+
+    r = simmoe.replay(TRACE, "rtx3090", max_requests=1, timeline_steps=(0, 10))
+    s = r.summary
+    write_chrome_trace(tmp_path / "ref.json", r.events, r.steps, f"simmoe {s['model']} on {s['hw']} ({s['runtime']}, "
+                       f"{s['policy']})", r.memory["expert_bytes"], (0, 10), memory=r.memory,
+                       metadata=getattr(r, "provenance", None))
+    r.write_timeline(tmp_path / "api.json")
     res = run_main("replay", TRACE, "--hw", "rtx3090", "--max-requests", "1", "--timeline", tmp_path / "cli.json",
                    "--timeline-steps", "0:10", "--quiet")
     assert res.returncode == 0, res.stderr
-    r = simmoe.replay(TRACE, "rtx3090", max_requests=1, timeline_steps=(0, 10))
-    r.write_timeline(tmp_path / "api.json")
-    cli, api = (json.loads((tmp_path / f).read_text())["traceEvents"] for f in ("cli.json", "api.json"))
-    assert cli == api
+    assert json.loads((tmp_path / "api.json").read_text()) == json.loads((tmp_path / "ref.json").read_text())
+    ref, cli = (json.loads((tmp_path / f).read_text())["traceEvents"] for f in ("ref.json", "cli.json"))
+    assert cli == ref  # the CLI's run is another run of the same configuration: the same events
 
 
 # ---- sweep --------------------------------------------------------------------------------------------------

@@ -112,7 +112,6 @@ def runtime_from_args(args: argparse.Namespace, pset):
 
 
 def run(args: argparse.Namespace) -> int:
-    from simmoe.engine.chrome_trace import write_chrome_trace
     from simmoe.engine.config import ReplayConfig
     from simmoe.engine.replay import Replay
     from simmoe.fileio import atomic_open
@@ -162,10 +161,7 @@ def run(args: argparse.Namespace) -> int:
                 write_csv_header(f, result.provenance)
                 table.to_csv(f, index=False)
     if args.timeline:
-        write_chrome_trace(args.timeline, result.events, result.steps,
-                           f"simmoe {result.summary['model']} on {result.summary['hw']} "
-                           f"({result.summary['runtime']}, {result.summary['policy']})", result.memory["expert_bytes"], cfg.timeline_steps,
-                           memory=result.memory, metadata=result.provenance)
+        result.write_timeline(args.timeline)
     if args.report:
         from simmoe.report import replay_sections, write_report
 

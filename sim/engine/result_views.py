@@ -78,7 +78,7 @@ class ResultViews:
     def write_timeline(self, path: str | Path, steps: tuple[int, int] | None = None) -> int:
         """Write the recorded steps as a Chrome trace-event JSON (open it at https://ui.perfetto.dev); returns
         the number of events. A replay records the steps of its `timeline_steps=(START, STOP)`; `steps`
-        narrows that to a sub-window (default: all recorded)."""
+        narrows that to a sub-window (default: all recorded). The run's provenance goes into `otherData`."""
         from simmoe.engine.chrome_trace import write_chrome_trace
         from simmoe.fileio import check_output
 
@@ -107,4 +107,4 @@ class ResultViews:
         s = self.summary
         title = f"simmoe {s['model']} on {s['hw']} ({s['runtime']}, {s['policy']})"
         return write_chrome_trace(path, events, self.steps, title, self.memory["expert_bytes"], window,
-                                  memory=self.memory)
+                                  memory=self.memory, metadata=getattr(self, "provenance", None))
