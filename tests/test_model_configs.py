@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import assert_clean_error, run_main
 from hf_configs import PUBLISHED_CONFIGS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simmoe.errors import InputError
 from simmoe.models import CATALOG, ModelSpec
@@ -276,3 +278,52 @@ def test_model_spec_object_passes_through():
     spec = CATALOG["olmoe-1b-7b"]
     assert load_model(spec) is spec
     assert isinstance(load_model("olmoe-1b-7b"), ModelSpec)
+
+
+# ---- properties ------------------------------------------------------------------------------------------
+
+
+@st.composite
+def qwen_configs(draw):
+    heads = draw(st.integers(1, 8))
+    layers = draw(st.integers(1, 12))
+    return {"model_type": draw(st.sampled_from(["qwen2_moe", "qwen3_moe"])), "num_hidden_layers": layers,
+            "decoder_sparse_step": draw(st.integers(1, 4)),
+            "mlp_only_layers": draw(st.lists(st.integers(0, layers - 1), unique=True, max_size=layers)),
+            "hidden_size": heads * draw(st.integers(1, 16)), "num_attention_heads": heads,
+            "num_key_value_heads": heads, "intermediate_size": draw(st.integers(1, 256)),
+            "moe_intermediate_size": draw(st.integers(1, 256)), "num_experts": draw(st.integers(2, 64)),
+            "num_experts_per_tok": 2, "vocab_size": draw(st.integers(1, 1000)),
+            "shared_expert_intermediate_size": draw(st.integers(0, 64))}
+
+
+@settings(max_examples=60, deadline=None)
+@given(qwen_configs())
+def test_qwen_layers_partition_and_specs_round_trip_through_yaml(tmp_path_factory, cfg):
+    layers = cfg["num_hidden_layers"]
+    moe = [i for i in range(layers) if i not in cfg["mlp_only_layers"] and (i + 1) % cfg["decoder_sparse_step"] == 0]
+    if not moe:
+        with pytest.raises(InputError, match="no MoE layer"):
+            spec_from_hf_config(cfg, "c.json", "q")
+        return
+    s = spec_from_hf_config(cfg, "c.json", "q")
+    assert list(s.moe_layers) == moe and s.num_layers == layers
+    assert (s.dense_d_ff > 0) == (len(moe) < layers)  # a dense width only where dense layers exist
+    assert s.expert_params == 3 * cfg["hidden_size"] * cfg["moe_intermediate_size"]
+    p = tmp_path_factory.mktemp("spec") / "q.yaml"
+    p.write_text(yaml.safe_dump(s.to_dict()))
+    assert load_model(p) == s  # what `models show config.json` prints loads back to the same spec
+
+
+@settings(max_examples=100, deadline=None)
+@given(param=st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True), ref=st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True),
+       field=st.none() | st.from_regex(r"[a-z][a-z_.]{0,12}", fullmatch=True), text=st.text(max_size=40))
+def test_errors_render_parameters_one_way_or_the_other(param, ref, field, text):
+    from simmoe.cli.params import flag_of
+    from simmoe.errors import param_ref
+
+    e = InputError(None, field, f"{text} {param_ref(ref)}", param=param)
+    py, cli = str(e), e.line(flag_of)
+    assert "{param:" not in py and "{param:" not in cli and "\n" not in py and "\n" not in cli
+    assert py.startswith(f"{param}.{field}: " if field else f"{param}: ") and py.rstrip().endswith(ref)
+    assert cli.startswith(f"{flag_of(param)}: ") and cli.endswith(flag_of(ref))
