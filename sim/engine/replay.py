@@ -193,8 +193,9 @@ def steps_of(env: simpy.Environment, sc: Scenario):
 
 def replay(trace: Trace | str | Path, hw: HwProfile | str | Path, policy: str | PolicySet = "lru",
            options: dict | None = None, runtime: RuntimeProfile | str | Path | None = None, **config) -> Result:
-    """Notebook entry point: `replay("traces/x.npz", "rtx3090", "lru", {"slots_per_layer": 4}, batch=1)`;
-    `runtime=` a bundled runtime name, a YAML path or a RuntimeProfile."""
+    """`replay("traces/x.npz", "rtx3090", "lru", {"slots_per_layer": 4}, batch=1)`; `runtime=` a bundled
+    runtime name, a YAML path or a RuntimeProfile. The sweep runner's entry; notebooks use `simmoe.replay`
+    (sim/api.py), which also takes the other policy kinds, runtime changes and a model."""
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
     hw_name = None
     if not isinstance(hw, HwProfile):
