@@ -178,6 +178,10 @@ def test_repr_html_shows_the_headline_figures(result):
     s = result.summary
     assert h.startswith("<div") and "<table>" in h and h.count("<tr>") >= 8
     assert f"{100 * s['hit_rate']:.1f}%" in h and f"{s['tpot_ms']['p90']:,.2f}" in h and "deepseek-v2-lite" in h
+    assert "queueing" not in h  # a closed-loop run has no arrivals
+    served = simmoe.replay(TRACE, "rtx3090", "lru", {"slots_per_layer": 8}, max_requests=2, arrivals="poisson",
+                           rate=0.5, slo_tpot_ms=100.0)._repr_html_()
+    assert "queueing" in served and "end to end" in served and "SLO attainment" in served
     r = simmoe.replay(TRACE, "rtx3090", "lru", {"slots_per_layer": 4}, max_requests=1)
     r.summary["model"] = "<script>"  # escaped, never markup
     assert "<script>" not in r._repr_html_() and "&lt;script&gt;" in r._repr_html_()

@@ -57,6 +57,8 @@ class ResultViews:
             row("latency (ms)", "mean", "p50", "p90", "p99"),
             row("TPOT", *pct(t)),
             row("TTFT", *pct(f)),
+            *([row("queueing", *pct(s["queue_ms"])), row("end to end", *pct(s["e2e_ms"]))]
+              if s.get("arrivals", "closed") != "closed" else []),
             row("throughput", f"{_num(s['tokens_per_s'], ',.2f')} tok/s", "", "", ""),
             row("hit rate", f"{_num(100 * s['hit_rate'], '.1f')}%", f"{s['hits']:,} hits", f"{s['misses']:,} misses",
                 f"{s['accesses']:,} accesses"),
