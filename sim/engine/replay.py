@@ -121,6 +121,7 @@ def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) 
                     provenance=run_provenance(sc.trace.source, ps.hw, ps.hw_name, d0.runtime, d0.runtime.name,
                                               d0.policies.pset, d0.policies.pset.describe(), ps.cfg))
     res = Result.build(rec, wall_s=time.perf_counter() - wall0)
+    res.timeline_steps = ps.cfg.timeline_steps  # what `events` holds (Result.write_timeline)
     if ps.n > 1:  # one GPU: the single-GPU summary exactly
         par = parallel.device_results(ps, timing, planners, res.steps, res.summary["makespan_s"] * 1e6)
         s = res.summary

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from simmoe.errors import InputError
+from simmoe.errors import InputError, param_ref
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -86,8 +86,8 @@ class ResultViews:
 
         recorded = self.timeline_steps
         if recorded is None:
-            raise InputError(None, None, "this run recorded no timeline: replay with timeline_steps=(START, STOP)",
-                             param="timeline_steps")
+            raise InputError(None, None, f"this run recorded no timeline: replay with {param_ref('timeline_steps')} "
+                                         "(START, STOP)", param="timeline_steps")
         window = recorded
         events = self.events
         if steps is not None:
