@@ -52,6 +52,8 @@ def test_compare_is_exported_when_its_module_exists():
 
     module = importlib.import_module("simmoe.compare")  # importing the module does not replace the function
     assert simmoe.compare is module.compare and callable(simmoe.compare)
+    with pytest.raises(InputError, match=r"^where: selects rows of sweep tables"):  # its errors name parameters
+        simmoe.compare([simmoe.replay(TRACE, "rtx3090", **SMALL)], where=["policy=lru"])
 
 
 # ---- replay: paths or objects ------------------------------------------------------------------------------
@@ -257,3 +259,8 @@ def test_sweep_errors(tmp_path):
         simmoe.sweep(42)
     with pytest.raises(InputError, match=r"every configuration failed \(1\); the first: batch: must be >= 1"):
         simmoe.sweep([{"trace": TRACE, "hw": "rtx3090", "batch": 0}])
+    rows = [{"trace": TRACE, "hw": "rtx3090", "max_requests": 1}]
+    with pytest.raises(InputError, match=r"^workers: must be >= 1, got 0"):
+        simmoe.sweep(rows, workers=0)
+    with pytest.raises(InputError, match=r"^out: must end in \.parquet or \.csv, got '.*r\.txt'"):
+        simmoe.sweep(rows, out=tmp_path / "r.txt")
