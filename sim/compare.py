@@ -114,7 +114,7 @@ def parse_where(where: Sequence[str]) -> list[tuple[str, str]]:
     for w in where:
         col, sep, val = w.partition("=")
         if not sep or not col:
-            raise InputError("--where", w, "expected COLUMN=VALUE")
+            raise InputError(None, w, "expected COLUMN=VALUE", param="where")
         out.append((col.strip(), val.strip()))
     return out
 
@@ -124,8 +124,8 @@ def _from_table(path: Path, key: str | None, where: list[tuple[str, str]]) -> li
     for col, val in where:
         if col not in df.columns:
             params = [c for c in df.columns[: list(df.columns).index("key")]]
-            raise InputError("--where", col, f"no such column in {path}; parameters: {', '.join(params)} "
-                                             "(any other column of the table works too)")
+            raise InputError(None, col, f"no such column in {path}; parameters: {', '.join(params)} "
+                                        "(any other column of the table works too)", param="where")
         df = df[_matches(df[col], val)]
     if key is not None:
         pick = df["key"].astype(str).str.startswith(key)
@@ -190,7 +190,7 @@ def load_runs(runs: Sequence[Any], where: Sequence[str] = ()) -> list[Run]:
                 raise InputError(text, None, "#KEY selects a row of a sweep table (.parquet or .csv)")
             out.extend(_from_json(p))
     if conds and not tables:
-        raise InputError("--where", None, "selects rows of sweep tables; none given")
+        raise InputError(None, None, "selects rows of sweep tables; none given", param="where")
     if not out:
         raise InputError("compare", None, "no runs given")
     seen: dict[str, int] = {}

@@ -144,7 +144,8 @@ def replay_sections(result: Result) -> list[Section]:
     layer, and the requests table."""
     from matplotlib.figure import Figure
 
-    from simmoe import compare, plots
+    from simmoe import plots
+    from simmoe.compare import compare, figure  # `simmoe.compare` is the function (the notebook API)
 
     s = result.summary
     lat = pd.DataFrame([{"latency (ms)": k, **{p: v for p, v in s[k].items()}}
@@ -154,12 +155,12 @@ def replay_sections(result: Result) -> list[Section]:
     plots.step_latency(result, fig_step.add_subplot())
     fig_layer = Figure(figsize=(11, 4), layout="constrained")
     plots.layer_hit_rate(result, fig_layer.add_subplot())
-    one = compare.compare([result])
+    one = compare([result])
     one.columns = [s["policy"]]
     out = [
         Section("Summary", pre=result.format(), table=lat),
         Section("Latency per step", figure=fig_step),
-        Section("Latency, throughput, hit rate, busy fractions, stalls", figure=compare.figure(one)),
+        Section("Latency, throughput, hit rate, busy fractions, stalls", figure=figure(one)),
         Section("Hit rate per MoE layer", figure=fig_layer),
     ]
     if result.requests is not None and len(result.requests):

@@ -136,10 +136,11 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def check_memory(nbytes: int, source: str, what: str, field: str | None = None) -> None:
+def check_memory(nbytes: int, source: str | None, what: str, field: str | None = None,
+                 param: str | None = None) -> None:
     """An input that asks for more memory than the machine has gets one line, not a MemoryError (or the
     kernel's OOM killer) after minutes: `what` says what the input asked for."""
     have = available_memory_bytes()
     if have is not None and nbytes > have:
         raise InputError(source, field, f"{what}: about {nbytes / 2**30:,.1f} GiB, more than the "
-                                        f"{have / 2**30:,.1f} GiB of memory available")
+                                        f"{have / 2**30:,.1f} GiB of memory available", param=param)

@@ -223,7 +223,7 @@ def test_without_preemptible_copies_the_chunked_timeline_is_the_plain_one():
 # ---- replay ---------------------------------------------------------------------------------------------------
 def test_config_and_cli_validate_the_chunk_size(simmoe_cli):
     for bad in (0, -1.0, math.nan, math.inf):
-        with pytest.raises(InputError, match="--prefetch-chunk-mb"):
+        with pytest.raises(InputError, match="^prefetch_chunk_mb: "):
             ReplayConfig(prefetch_chunk_mb=bad)
     trace = REPO / "traces" / "deepseek-v2-lite-synth.npz"
     assert_clean_error(simmoe_cli("replay", trace, "--hw", "rtx3090", "--prefetch-chunk-mb", "0"),

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simmoe.cli.main import main
+from simmoe.cli.params import flag_of
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.devices import MultiSimpyTimeline, MultiTimeline
 from simmoe.engine.parallel import expert_owners, pipeline_layers, prepare_parallel
@@ -107,16 +108,18 @@ def test_configurations_refused():
     ]:
         with pytest.raises(InputError) as e:
             run(tr, TWO, pset, **cfg)
-        assert e.value.source == flag, str(e.value)
+        # the parameter from Python, its flag from the command line
+        assert e.value.line(flag_of).startswith(f"{flag}: ") and str(e.value).startswith(e.value.param), str(e.value)
     with pytest.raises(InputError) as e:  # 8 experts over 3 GPUs: DeepSpeed needs an even split
         run(random_trace(20, 3, 8, 2), EIGHT, parallel="expert", gpus=3)
     assert "divide" in str(e.value)
     with pytest.raises(InputError) as e:  # a one-GPU profile: no effect, refused
         run(tr, load_profile("rtx3090"), parallel="pipeline")
-    assert e.value.source == "--parallel" and "one GPU" in str(e.value)
+    assert str(e.value).startswith("parallel: ") and "one GPU" in str(e.value)
     with pytest.raises(InputError) as e:
         ReplayConfig(gpus=2)
-    assert e.value.source == "--gpus"
+    assert str(e.value).startswith("gpus: only used with parallel pipeline or expert")
+    assert e.value.line(flag_of).startswith("--gpus: only used with --parallel pipeline or expert")
 
 
 # ---- queues and links ------------------------------------------------------------------------------------

@@ -194,7 +194,7 @@ def test_fetching_whole_layers_copies_every_expert_every_step(tr):
     E = 64  # deepseek-v2-lite
     assert res.summary["copies"] == res.summary["steps"] * tr.num_layers * E
     assert res.summary["hits"] == 0 and res.summary["misses"] == res.summary["accesses"]
-    with pytest.raises(InputError, match="use --policy ondemand"):
+    with pytest.raises(InputError, match="needs the cache policy ondemand"):
         run(tr, PolicySet("lru", {"slots_per_layer": 3}), runtime=r)
 
 

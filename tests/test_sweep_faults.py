@@ -129,7 +129,7 @@ def test_every_configuration_failed_is_not_success(setup, tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(f"trace: {configs[0].resolved['trace']}\nbase: {{hw: rtx3090}}\ngrid: {{batch: [0, -1]}}\n")
     res = run_main("sweep", spec, "--out", tmp_path / "r.csv", "--workers", "1")
-    assert_clean_error(res, str(spec), "every configuration failed (2", "--batch: must be >= 1")
+    assert_clean_error(res, str(spec), "every configuration failed (2", "the first: batch: must be >= 1")  # the spec key
     assert (load_results(tmp_path / "r.csv")["status"] == "error").all()  # recorded all the same
 
 

@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with CPU measurements: describe the CPU as the compute device too (its GEMM and memory "
                         "rates, its expert tables, memcpy as the link, its dispatch cost as the launch cost)")
     p.add_argument("--model", dest="models", action="extend", nargs="+", metavar="NAME",
-                   help=f"catalog model(s) whose expert shape to time, or a trace (.npz) whose model to time "
+                   help=f"model(s) whose shapes to time: a catalog name, a Hugging Face config.json, a spec .yaml, "
+                        f"or a trace (.npz) whose model to time "
                         f"(default: {' '.join(DEFAULT_MODELS)})")
     p.add_argument("--quick", action="store_true",
                    help="a few sizes (copies up to 64 MiB, tokens 1..64) and repetitions: seconds, not minutes")
@@ -74,7 +75,7 @@ def _check_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from simmoe.hw.profile import load_profile
-    from simmoe.models import get_model
+    from simmoe.models.load import load_model
 
     # Check everything the user gave before measuring (or fitting) anything.
     out = Path(args.out)
@@ -105,13 +106,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     models: list = []
-    for m in dict.fromkeys(args.models or DEFAULT_MODELS):  # a catalog name, or a trace whose model to time
+    for m in dict.fromkeys(args.models or DEFAULT_MODELS):  # a model (simmoe.models.load), or a trace's model
         if m.endswith(".npz"):
             from simmoe.trace.format import read_trace
 
             models.append(read_trace(m).spec)
         else:
-            models.append(get_model(m, source="--model").name)
+            models.append(load_model(m))
     if args.max_tokens is not None and args.max_tokens < 2:
         raise InputError("--max-tokens", None, f"must be >= 2, got {args.max_tokens}")
     base = load_profile(args.base) if args.base else None

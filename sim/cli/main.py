@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from simmoe.cli import common
+from simmoe.cli.params import flag_of
 from simmoe.errors import InputError
 
 # Command modules, in the order `simmoe --help` lists them. Each defines register(subparsers) and sets
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with common.warnings_shown(args.quiet):
             return int(args.func(args) or 0)
     except InputError as e:
-        print(f"simmoe: error: {e.line()}", file=sys.stderr)
+        print(f"simmoe: error: {e.line(flag_of)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("simmoe: interrupted", file=sys.stderr)

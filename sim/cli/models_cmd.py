@@ -2,7 +2,8 @@
 
     simmoe models                  table of every catalog model
     simmoe models --json -         the same rows as JSON on stdout (--json OUT writes a file)
-    simmoe models show NAME        one model's spec as YAML (loadable as a trace's model_spec)
+    simmoe models show NAME        one model's spec as YAML (loadable as a trace's model_spec, or as --model)
+    simmoe models show config.json what simmoe reads from a Hugging Face config (or a spec .yaml)
     simmoe models show NAME --json -   the same as JSON
 """
 
@@ -13,7 +14,9 @@ import sys
 from typing import Any
 
 from simmoe.cli import listing
-from simmoe.models.catalog import CATALOG, get_model, list_models
+from simmoe.errors import InputError
+from simmoe.models.catalog import CATALOG, list_models
+from simmoe.models.load import load_model
 from simmoe.models.spec import ModelSpec
 
 _COLUMNS = (
@@ -67,7 +70,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    spec = get_model(args.name, source="models show")
+    try:  # a catalog name, or a config.json / spec .yaml: shows what simmoe reads from it
+        spec = load_model(args.name, param=None)
+    except InputError as e:
+        raise (InputError("models show", None, e.message) if e.source is None else e) from None
     d = spec.to_dict()
     if not listing.show_json(args, d):
         import yaml
@@ -91,5 +97,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     listing.add_list_show(
         p, what="every catalog model", list_func=_cmd_list, show_func=_cmd_show, show_arg="name",
-        show_metavar=None, show_arg_help=f"catalog name: {', '.join(list_models())}",
+        show_metavar=None, show_arg_help=f"catalog name ({', '.join(list_models())}), or a Hugging Face "
+                                         "config.json or spec .yaml to read as simmoe does",
         show_help="print one model's spec as YAML (or JSON)", show_json_help="the spec")

@@ -78,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="steps recorded in the timeline (default 0:50)")
     p.add_argument("--plot", metavar="OUT.png", help="write an overview figure (hit rate, latency per step, "
                                                      "timeline of the first --timeline-steps, GPU memory)")
+    p.add_argument("--model", metavar="NAME_OR_PATH", help="replay the trace as this model instead of the one it "
+                   "names: a catalog name, a Hugging Face config.json or a spec .yaml (same routing shape)")
     p.set_defaults(func=run)
 
 
@@ -110,7 +112,6 @@ def runtime_from_args(args: argparse.Namespace, pset):
 
 
 def run(args: argparse.Namespace) -> int:
-    from simmoe.engine.chrome_trace import write_chrome_trace
     from simmoe.engine.config import ReplayConfig
     from simmoe.engine.replay import Replay
     from simmoe.fileio import atomic_open
@@ -141,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
     runtime = runtime_from_args(args, pset)
     hw = load_profile(args.hw)
     trace = read_trace(args.trace)
+    if args.model is not None:
+        from simmoe.api import with_model
+
+        trace = with_model(trace, args.model)
     whole = trace.model_spec.num_moe_layers
     if trace.num_layers < whole:  # a partial capture: simulated as the cut-down model
         log.warning(f"{args.trace} covers the first {trace.num_layers} of {trace.model_spec.name}'s {whole} MoE "
@@ -156,10 +161,7 @@ def run(args: argparse.Namespace) -> int:
                 write_csv_header(f, result.provenance)
                 table.to_csv(f, index=False)
     if args.timeline:
-        write_chrome_trace(args.timeline, result.events, result.steps,
-                           f"simmoe {result.summary['model']} on {result.summary['hw']} "
-                           f"({result.summary['runtime']}, {result.summary['policy']})", result.memory["expert_bytes"], cfg.timeline_steps,
-                           memory=result.memory, metadata=result.provenance)
+        result.write_timeline(args.timeline)
     if args.report:
         from simmoe.report import replay_sections, write_report
 

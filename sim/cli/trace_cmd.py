@@ -193,7 +193,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "--model with a --preset and/or explicit knobs, or --like TRACE to fit reuse, skew, "
                          "layer_corr and slot_shuffle to TRACE's statistics.")
     src = syn.add_mutually_exclusive_group()
-    src.add_argument("--model", help="catalog model name")
+    src.add_argument("--model", help="catalog model name, Hugging Face config.json or spec .yaml")
     src.add_argument("--like", metavar="TRACE", help="fit the generator to this trace's statistics")
     syn.add_argument("--preset", choices=sorted(PRESETS), help="generator parameters matching real captures")
     syn.add_argument("--requests", type=int, help="number of requests (default 4, or the --like trace's)")
@@ -216,7 +216,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "rows or layers become -1; bad input names the file, the field and (JSONL) the line.")
     imp.add_argument("--from", dest="fmt", choices=("jsonl", "csv"), required=True)
     imp.add_argument("files", nargs="+", metavar="FILE", help="one JSONL file, or one or more CSV files")
-    imp.add_argument("--model", required=True, help="catalog model (validates layer and expert ids)")
+    imp.add_argument("--model", required=True, help="catalog model name, Hugging Face config.json or spec .yaml "
+                     "(validates layer and expert ids)")
     imp.add_argument("--layer-index", choices=("moe", "model"), default="moe",
                      help="layer numbers count MoE layers from 0 (default) or the model's transformer layers")
     imp.add_argument("--prompt-len", type=int, help="prompt length for every request when the input has no "

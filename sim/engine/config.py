@@ -1,9 +1,9 @@
 """Replay configuration: how a trace is played (batching, memory kind, streams, engine, arrivals).
 
 A frozen, strict pydantic model (simmoe.validation.STRICT): `ReplayConfig(batch=4)`, attribute access, and
-every bad value is an InputError naming the command-line flag (`--batch: must be >= 1, got 0`), whether it
-came from the command line, a sweep spec or a notebook. A setting that would have no effect (`--rate`
-without poisson or gamma arrivals) is an error too.
+every bad value is an InputError naming the setting as a parameter (`batch: must be >= 1, got 0` from Python
+or a sweep spec; the CLI prints the same error with its flag, `--batch: ...`: simmoe.errors). A setting that
+would have no effect (`rate` without poisson or gamma arrivals) is an error too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
-from simmoe.errors import InputError
+from simmoe.errors import InputError, param_ref
 from simmoe.validation import STRICT, ChunkMiB, describe, first_error, tuple_from_list
 
 PosInt = Annotated[int, Field(ge=1)]
@@ -23,7 +23,7 @@ DRAWN = ("poisson", "gamma")
 
 
 def flag(name: str) -> str:
-    """The command-line flag of a ReplayConfig field (errors name it)."""
+    """The command-line flag of a ReplayConfig field."""
     return "--" + name.replace("_", "-")
 
 
@@ -100,23 +100,25 @@ class ReplayConfig(BaseModel):
             if err["type"] == "extra_forbidden":
                 valid = ", ".join(type(self).model_fields)
                 raise InputError("replay settings", name, f"unknown setting; valid: {valid}") from None
-            raise InputError(flag(name) if name else "replay settings", None, describe(err)) from None
+            raise InputError(None if name else "replay settings", None, describe(err), param=name) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> ReplayConfig:
         given = self.model_fields_set
+        arrivals = param_ref("arrivals")
         if self.max_batched_tokens is not None and self.max_batched_tokens < self.batch:
-            raise InputError("--max-batched-tokens", None, f"must be >= --batch ({self.batch}), got "
-                                                           f"{self.max_batched_tokens}")
+            raise InputError(None, None, f"must be >= {param_ref('batch')} ({self.batch}), got "
+                                         f"{self.max_batched_tokens}", param="max_batched_tokens")
         if self.arrivals in DRAWN and self.rate is None:
-            raise InputError("--rate", None, f"{self.arrivals} arrivals need a request rate (requests/s)")
+            raise InputError(None, None, f"{self.arrivals} arrivals need a request rate (requests/s)", param="rate")
         for name in ("rate", "seed"):  # settings of drawn arrivals only: never silently without effect
             if name in given and self.arrivals not in DRAWN and getattr(self, name) is not None:
-                raise InputError(flag(name), None, f"only used with --arrivals poisson or gamma (arrivals are "
-                                                   f"{self.arrivals})")
+                raise InputError(None, None, f"only used with {arrivals} poisson or gamma (arrivals are "
+                                             f"{self.arrivals})", param=name)
         if self.gpus is not None and self.parallel == "none":
-            raise InputError("--gpus", None, "only used with --parallel pipeline or expert (one GPU runs the "
-                                             "model otherwise)")
+            raise InputError(None, None, f"only used with {param_ref('parallel')} pipeline or expert (one GPU runs "
+                                         "the model otherwise)", param="gpus")
         if "cv" in given and self.arrivals != "gamma":
-            raise InputError("--cv", None, f"only used with --arrivals gamma (arrivals are {self.arrivals})")
+            raise InputError(None, None, f"only used with {arrivals} gamma (arrivals are {self.arrivals})",
+                             param="cv")
         return self

@@ -84,7 +84,7 @@ def free_slots(plan: MemoryPlan) -> int:
     return max(0, (plan.usable - plan.fixed) // plan.expert_bytes)
 
 
-def check_cache(plan: MemoryPlan, slots: int, source: str, field: str) -> None:
+def check_cache(plan: MemoryPlan, slots: int, source: str | None, field: str, param: str | None = None) -> None:
     have = free_slots(plan)
     if slots > have:
         raise InputError(
@@ -92,4 +92,5 @@ def check_cache(plan: MemoryPlan, slots: int, source: str, field: str) -> None:
             f"cache of {slots} experts ({slots * plan.expert_bytes / GIB:.2f} GiB) does not fit: "
             f"{(plan.usable - plan.fixed) / GIB:.2f} GiB of GPU memory is left after dense weights, KV cache "
             f"and activations (room for {have} experts)",
+            param=param,
         )

@@ -56,7 +56,7 @@ from simmoe.engine.serving import cycle_trace
 from simmoe.engine.setup import resolve
 from simmoe.engine.step_timing import StepTiming, host_costs
 from simmoe.engine.timeline import D2H, H2D
-from simmoe.errors import InputError
+from simmoe.errors import InputError, param_ref
 from simmoe.hw.profile import HwProfile
 from simmoe.models.spec import BYTES_PER_PARAM, ModelSpec
 from simmoe.policies.base import PolicySet
@@ -93,23 +93,23 @@ def expert_owners(num_experts: int, n: int) -> tuple[int, ...]:
 def _check(hw: HwProfile, hw_name: str, pset: PolicySet, cfg: ReplayConfig) -> int:
     have = hw.num_gpus
     if have == 1:
-        raise InputError("--parallel", None, f"the profile {hw_name} has one GPU (no topology: section): there is "
-                         "nothing to split the model over")
+        raise InputError(None, None, f"the profile {hw_name} has one GPU (no topology: section): there is "
+                         "nothing to split the model over", param="parallel")
     n = cfg.gpus if cfg.gpus is not None else have
     if n > have:
-        raise InputError("--gpus", None, f"the profile {hw_name} has {have} GPU{'s' if have > 1 else ''}, "
-                         f"got {n}")
+        raise InputError(None, None, f"the profile {hw_name} has {have} GPU{'s' if have > 1 else ''}, "
+                         f"got {n}", param="gpus")
     if hw.gpu.unified_memory or hw.gpu.executes_on_host:
-        raise InputError("--parallel", None, f"{hw_name} has no discrete GPUs to split the model over")
+        raise InputError(None, None, f"{hw_name} has no discrete GPUs to split the model over", param="parallel")
     r = resolve(pset)
     kinds = (("routing", r.routing_cls),) + ((("placement", r.placement_cls),) if cfg.parallel == "expert" else ())
     for kind, cls in kinds:  # a pipeline stage computes its CPU experts as one GPU does
         if cls is not None:
-            raise InputError(f"--{kind}", None, f"{cls.name}: {kind} policies are not modelled with --parallel "
-                             f"{cfg.parallel} (several GPUs)")
+            raise InputError(None, None, f"{cls.name}: {kind} policies are not modelled with "
+                             f"{param_ref('parallel')} {cfg.parallel} (several GPUs)", param=kind)
     if cfg.prefetch_chunk_mb is not None:
-        raise InputError("--prefetch-chunk-mb", None, f"chunked preemptible prefetches are not modelled with "
-                         f"--parallel {cfg.parallel}")
+        raise InputError(None, None, f"chunked preemptible prefetches are not modelled with "
+                         f"{param_ref('parallel')} {cfg.parallel}", param="prefetch_chunk_mb")
     return n
 
 
@@ -168,7 +168,7 @@ def prepare_parallel(trace: Trace, hw: HwProfile, pset: PolicySet | None = None,
         moe_lo = tuple(moe_gpu.index(g) if g in moe_gpu else -1 for g in range(n))
         if -1 in moe_lo:
             g = moe_lo.index(-1)
-            raise InputError("--gpus", None, f"{n} GPUs for {L} layers leave GPU {g} without a MoE layer")
+            raise InputError(None, None, f"{n} GPUs for {L} layers leave GPU {g} without a MoE layer", param="gpus")
         bounds = list(moe_lo) + [len(moe)]
         parts = [tr if n == 1 else _part(tr, bounds[g], bounds[g + 1]) for g in range(n)]
         shares = tuple(full if n == 1 else _stage_share(spec, [i for i in range(L) if layer_gpu[i] == g],
@@ -176,8 +176,8 @@ def prepare_parallel(trace: Trace, hw: HwProfile, pset: PolicySet | None = None,
         expert_gpu = (0,) * E
     else:
         if E % n:
-            raise InputError("--gpus", None, f"expert parallelism shards {E} experts per layer evenly: {n} GPUs "
-                             "do not divide them (DeepSpeed-MoE asserts the same)")
+            raise InputError(None, None, f"expert parallelism shards {E} experts per layer evenly: {n} GPUs "
+                             "do not divide them (DeepSpeed-MoE asserts the same)", param="gpus")
         layer_gpu = (0,) * L
         moe_lo = (0,) * n
         expert_gpu = expert_owners(E, n)

@@ -80,8 +80,8 @@ class AccessPlanner:
         self.placer = r.placement_cls(r.placement_opts) if r.placement_cls else None
         self.layer_wise = self.placer is not None and self.placer.layer_wise
         if sc.nested is not None and (order != "appearance" or lookup != "at-use"):
-            raise InputError("--precision", None, f"{sc.nested.precision.name} orders a layer's experts itself "
-                             "(hottest first): it does not combine with another access order")
+            raise InputError(None, None, f"{sc.nested.precision.name} orders a layer's experts itself "
+                             "(hottest first): it does not combine with another access order", param="precision")
         self.order = order
         self.lookup = "layer" if self.layer_wise else lookup
         self.issue_ahead = rx.issue_ahead if self.lookup == "layer" else 0

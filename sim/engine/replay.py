@@ -98,7 +98,9 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
                                               sc.policies.pset, sc.policies.pset.describe(), cfg))
     logger.debug(f"replay done: {planner.c.hits} hits, {planner.c.misses} misses in "
                  f"{time.perf_counter() - wall0:.2f} s of wall time")
-    return Result.build(rec, wall_s=time.perf_counter() - wall0)
+    result = Result.build(rec, wall_s=time.perf_counter() - wall0)
+    result.timeline_steps = cfg.timeline_steps  # what `events` holds (Result.write_timeline)
+    return result
 
 
 def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) -> Result:
@@ -119,6 +121,7 @@ def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) 
                     provenance=run_provenance(sc.trace.source, ps.hw, ps.hw_name, d0.runtime, d0.runtime.name,
                                               d0.policies.pset, d0.policies.pset.describe(), ps.cfg))
     res = Result.build(rec, wall_s=time.perf_counter() - wall0)
+    res.timeline_steps = ps.cfg.timeline_steps  # what `events` holds (Result.write_timeline)
     if ps.n > 1:  # one GPU: the single-GPU summary exactly
         par = parallel.device_results(ps, timing, planners, res.steps, res.summary["makespan_s"] * 1e6)
         s = res.summary
@@ -191,8 +194,9 @@ def steps_of(env: simpy.Environment, sc: Scenario):
 
 def replay(trace: Trace | str | Path, hw: HwProfile | str | Path, policy: str | PolicySet = "lru",
            options: dict | None = None, runtime: RuntimeProfile | str | Path | None = None, **config) -> Result:
-    """Notebook entry point: `replay("traces/x.npz", "rtx3090", "lru", {"slots_per_layer": 4}, batch=1)`;
-    `runtime=` a bundled runtime name, a YAML path or a RuntimeProfile."""
+    """`replay("traces/x.npz", "rtx3090", "lru", {"slots_per_layer": 4}, batch=1)`; `runtime=` a bundled
+    runtime name, a YAML path or a RuntimeProfile. The sweep runner's entry; notebooks use `simmoe.replay`
+    (sim/api.py), which also takes the other policy kinds, runtime changes and a model."""
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
     hw_name = None
     if not isinstance(hw, HwProfile):

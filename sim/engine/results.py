@@ -13,6 +13,7 @@ import pandas as pd
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.memory import MemoryPlan
 from simmoe.engine.planner import PlanCounts
+from simmoe.engine.result_views import ResultViews
 from simmoe.engine.schedule import DECODE, RowIndex
 from simmoe.engine.timeline import Counters
 
@@ -255,7 +256,10 @@ def _pct(values_us) -> dict[str, float | None]:
 
 
 @dataclass
-class Result:
+class Result(ResultViews):
+    """A run's results: `summary` (the JSON figures), `steps` (per step), `layers` (per MoE layer), the
+    recorded timeline `events`; `to_frame()`, `write_timeline()` and Jupyter's view: result_views.py."""
+
     summary: dict[str, Any]
     steps: pd.DataFrame
     events: list = field(default_factory=list)
@@ -264,6 +268,7 @@ class Result:
     requests: pd.DataFrame | None = None  # per completed request: token times, latencies (request_frame)
     # inputs and settings that produced it (simmoe.provenance); the CLI adds `command`
     provenance: dict[str, Any] = field(default_factory=dict)
+    timeline_steps: tuple[int, int] | None = None  # the [start, stop) steps whose events were recorded
 
     @classmethod
     def build(cls, rec: RunRecord, wall_s: float) -> Result:

@@ -140,8 +140,8 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
     nested = None
     if r.precision_cls is not None:
         if runtime.weights.experts is not None:
-            raise InputError("--precision", None, f"the runtime {runtime.name} stores experts as "
-                             f"{runtime.weights.experts}: a precision policy cannot set them too")
+            raise InputError(None, None, f"the runtime {runtime.name} stores experts as "
+                             f"{runtime.weights.experts}: a precision policy cannot set them too", param="precision")
         prec = r.precision_cls(r.precision_opts)
         spec = prec.apply(spec)
         dequant = prec.dequant_flops_per_param()
@@ -153,8 +153,8 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
     arrival_us = arrival_times_s(cfg.arrivals, ri.ids, tr, cfg.rate, cfg.cv, cfg.seed) * 1e6
     if online:
         if r.reads_future:
-            raise InputError("--arrivals", None, "oracle policies (they read the future) need a closed-loop "
-                             "replay: with arrivals the step sequence depends on the timing")
+            raise InputError(None, None, "oracle policies (they read the future) need a closed-loop "
+                             "replay: with arrivals the step sequence depends on the timing", param="arrivals")
         steps: tuple[Step, ...] = ()
         npre = int(ri.prefill_len.max())
         chunk = min(cfg.prefill_chunk or npre, cfg.max_batched_tokens or npre)
@@ -170,8 +170,9 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
     staging = cfg.staging_buffers if needs_staging(r) else 0
     if runtime.experts.fetch == "layer":  # every expert of a layer is copied in each time the layer runs
         if r.cache_cls.fixed_capacity != "none":
-            raise InputError("--runtime", None, f"{runtime.name} copies every expert of a layer each time it "
-                             f"runs and keeps none (experts.fetch: layer): use --policy ondemand")
+            raise InputError(None, None, f"{runtime.name} copies every expert of a layer each time it "
+                             f"runs and keeps none (experts.fetch: layer): it needs the cache policy ondemand",
+                             param="runtime")
         staging = max(staging, E)
     memory = fixed_plan(spec, hw, batch=cfg.batch, max_request_rows=max_rows, max_step_tokens=max_step_tokens,
                         staging_buffers=staging, hw_name=hw_name, share=share)
@@ -219,8 +220,8 @@ def _nested_bits(prec: PrecisionPolicy, tr: Trace, r: Resolved) -> NestedBits | 
         return None
     pl = r.placement_cls
     if pl is not None and pl.layer_wise:
-        raise InputError("--placement", None, f"precision {prec.name} (per-access bit-widths) does not "
-                         f"combine with the layer-wise placement {pl.name}")
+        raise InputError(None, None, f"precision {prec.name} (per-access bit-widths) does not "
+                         f"combine with the layer-wise placement {pl.name}", param="placement")
     return NestedBits(prec, _frozen(np.asarray(bits)), tuple(prec.levels()), prec.io_order())
 
 
@@ -228,6 +229,6 @@ def _check_combinations(r: Resolved, nested: NestedBits | None) -> None:
     cls, pl = r.cache_cls, r.placement_cls
     if cls.claims_misses and (pl is not None and pl.layer_wise or nested is not None):
         other = f"the layer-wise placement {pl.name}" if pl is not None and pl.layer_wise else "nested precision"
-        raise InputError("--policy", None, f"cache {cls.name} claims its misses before placement: it does "
-                         f"not combine with {other}")
+        raise InputError(None, None, f"cache {cls.name} claims its misses before placement: it does "
+                         f"not combine with {other}", param="policy")
 

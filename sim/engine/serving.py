@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from simmoe.errors import InputError
+from simmoe.errors import InputError, param_ref
 from simmoe.trace.format import Trace, _concat_ranges
 from simmoe.validation import check_memory
 
@@ -24,11 +24,12 @@ def arrival_times_s(arrivals: str, ids: np.ndarray, trace: Trace, rate: float | 
         return np.zeros(n)
     if arrivals == "trace":
         if trace.arrival_s is None:
-            raise InputError(trace.source, "arrival_s", "the trace has no arrival times; use --arrivals poisson "
-                                                        "or gamma with --rate")
+            raise InputError(trace.source, "arrival_s", "the trace has no arrival times; use "
+                                                        f"{param_ref('arrivals')} poisson or gamma with "
+                                                        f"{param_ref('rate')}")
         return np.asarray(trace.arrival_s, dtype=float)[ids]
     if rate is None or rate <= 0:
-        raise InputError("--rate", None, f"{arrivals} arrivals need a request rate > 0 (requests/s)")
+        raise InputError(None, None, f"{arrivals} arrivals need a request rate > 0 (requests/s)", param="rate")
     rng = np.random.default_rng(seed)
     if arrivals == "poisson":
         gaps = rng.exponential(1.0 / rate, n)
@@ -53,14 +54,14 @@ def cycle_trace(trace: Trace, requests: int) -> Trace:
     """The trace's requests repeated, in id order, until there are `requests` of them (ids 0..n-1). The
     routing of a repeated request is the original's: say so when reporting a cycled run."""
     if requests < 1:
-        raise InputError("--requests", None, "must be >= 1")
+        raise InputError(None, None, "must be >= 1", param="requests")
     ids = trace.request_ids
     starts, stops = trace.request_starts, trace.request_stops  # in id order
     lens_all = stops - starts
     full, part = divmod(requests, len(ids))
     total_rows = full * int(lens_all.sum()) + int(lens_all[:part].sum())
-    check_memory(total_rows * _row_bytes(trace) * ENGINE_BYTES_FACTOR, "--requests",
-                 f"{requests:,} requests cycle to {total_rows:,} trace rows")
+    check_memory(total_rows * _row_bytes(trace) * ENGINE_BYTES_FACTOR, None,
+                 f"{requests:,} requests cycle to {total_rows:,} trace rows", param="requests")
     pick = np.resize(np.arange(len(ids)), requests)
     lens = lens_all[pick]
     rows = _concat_ranges(starts[pick], stops[pick])

@@ -49,7 +49,7 @@ class Resolved:
 
 def resolve(pset: PolicySet) -> Resolved:
     """Look policies up by name (expanding named systems) and validate their options."""
-    cls = get_policy(pset.cache, "cache", source="--policy")
+    cls = get_policy(pset.cache, "cache", param="policy")
     runtime = None
     if issubclass(cls, SystemPolicy):
         runtime = cls.runtime
@@ -67,7 +67,7 @@ def resolve(pset: PolicySet) -> Resolved:
     found = {}
     for kind in ("prefetch", "placement", "precision", "routing"):
         name = getattr(pset, kind)
-        c = get_policy(name, kind, source=f"--{kind}") if name else None
+        c = get_policy(name, kind, param=kind) if name else None
         found[kind] = (c, parse_options(c.Options, getattr(pset, f"{kind}_options"), c.name) if c else None)
     return Resolved(pset, cls, cache_opts, *found["prefetch"], *found["placement"], *found["precision"],
                     *found["routing"], runtime=runtime)
@@ -115,12 +115,12 @@ def size_cache(r: Resolved, plan: MemoryPlan, num_layers: int, num_experts: int,
     elif is_sized and opts.slots_per_layer is not None:
         per = min(opts.slots_per_layer, num_experts)
         total = per * gpu_layers
-        check_cache(plan, total, "--opt", "slots_per_layer")
+        check_cache(plan, total, None, "slots_per_layer", param="opts")
         if scope == "global":
             per = total
     elif is_sized and opts.cache_gb is not None:
         total = min(int(opts.cache_gb * 2**30) // plan.expert_bytes, num_experts * gpu_layers)
-        check_cache(plan, total, "--opt", "cache_gb")
+        check_cache(plan, total, None, "cache_gb", param="opts")
         if scope == "layer":
             per = total // gpu_layers
             total = per * gpu_layers

@@ -6,11 +6,15 @@ Only what the simulator needs: parameter counts and bytes by precision, FLOPs pe
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ValidationError, create_model
 
 from simmoe.errors import InputError
+from simmoe.validation import STRICT, AsTuple, input_error
 
 # Bytes per parameter by precision name. mxfp4 = 4-bit values + one 8-bit scale per 32 values.
 BYTES_PER_PARAM: dict[str, float] = {
@@ -208,39 +212,19 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "model_spec") -> ModelSpec:
+    def from_dict(cls, d: dict[str, Any], source: str = "model_spec", prefix: str = "model_spec.") -> ModelSpec:
+        """A spec from its mapping (a trace's meta.model_spec, a spec .yaml), validated strictly (STRICT: unknown
+        keys, wrong types, NaN are errors naming `source` and the `prefix`ed field)."""
         if not isinstance(d, dict):
-            raise InputError(source, "model_spec", "must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(source, f"model_spec.{unknown[0]}", f"unknown key; valid keys: {sorted(known)}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise InputError(source, f"model_spec.{missing[0]}", "missing")
-        kw = dict(d)
-        layers = kw["moe_layers"]
-        if not isinstance(layers, (list, tuple)) or not all(_is_int(x) for x in layers):
-            raise InputError(source, "model_spec.moe_layers", "must be a list of integers")
-        kw["moe_layers"] = tuple(int(x) for x in layers)
-        for f in dataclasses.fields(cls):
-            if f.name not in kw or f.name == "moe_layers":
-                continue
-            v = kw[f.name]
-            if f.type == "int" and not _is_int(v):
-                raise InputError(source, f"model_spec.{f.name}", f"must be an integer, got {v!r}")
-            if f.type == "str" and not isinstance(v, str):
-                raise InputError(source, f"model_spec.{f.name}", f"must be a string, got {v!r}")
-            if f.type == "bool" and not isinstance(v, bool):
-                raise InputError(source, f"model_spec.{f.name}", f"must be true or false, got {v!r}")
-            if f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                      or not math.isfinite(v)):
-                raise InputError(source, f"model_spec.{f.name}", f"must be a finite number, got {v!r}")
+            raise InputError(source, prefix.rstrip(".") or None, "must be a mapping (a JSON object) of ModelSpec fields")
+        try:
+            kw = dict(_spec_schema().model_validate(d))
+        except ValidationError as e:
+            raise input_error(e, source, lambda loc: prefix + loc) from None
         try:
             return cls(**kw)
         except InputError as e:  # the shape checks name the model: name the file that holds it too
-            raise InputError(source, f"model_spec.{e.field}" if e.field else "model_spec", e.message) from None
+            raise InputError(source, prefix + e.field if e.field else prefix.rstrip(".") or None, e.message) from None
 
     def truncated(self, num_moe_layers: int) -> ModelSpec:
         """The same model keeping only its first `num_moe_layers` MoE layers (a truncated capture), and only
@@ -258,5 +242,13 @@ class ModelSpec:
 
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+@functools.cache
+def _spec_schema() -> type[BaseModel]:
+    """ModelSpec's fields as a strict pydantic model (ModelSpec stays a plain frozen dataclass: the engine
+    reads its fields in tight loops)."""
+    hints = typing.get_type_hints(ModelSpec)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(ModelSpec):
+        t = Annotated[hints[f.name], AsTuple] if f.name == "moe_layers" else hints[f.name]
+        fields[f.name] = (t, ... if f.default is dataclasses.MISSING else f.default)
+    return create_model("ModelSpecFields", __config__=STRICT, **fields)

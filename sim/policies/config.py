@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
-from simmoe.errors import InputError
+from simmoe.errors import InputError, param_ref
 from simmoe.policies.base import PolicySet
 from simmoe.validation import STRICT, describe, error_loc, first_error
 from simmoe.yamlio import load_yaml, scalar
@@ -114,7 +114,8 @@ def policy_set(cli: dict[str, Any]) -> PolicySet:
     for kind in KINDS[1:]:  # options of a kind with no policy of that kind would have no effect
         if cli.get(f"{kind}_options") and not merged.get(kind):
             first = next(iter(cli[f"{kind}_options"]))
-            raise InputError(f"--{kind}-opt", first, f"given without --{kind} (it would have no effect)")
+            raise InputError(None, first, f"given without {param_ref(kind)} (it would have no effect)",
+                             param=f"{kind}_opts")
     return PolicySet(**{k: v for k, v in merged.items() if v is not None})
 
 

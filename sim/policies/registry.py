@@ -55,7 +55,18 @@ class Registry:
             for cls in obj if isinstance(obj, Iterable) else [obj]:
                 self.register(cls)
 
-    def get(self, name: str, kind: str | None = None, source: str = "--policy") -> type[Policy]:
+    def get(self, name: str, kind: str | None = None, source: str | None = None,
+            param: str | None = None) -> type[Policy]:
+        """The policy class `name` (or `module:Class`). An unknown name is an InputError naming `source`, or
+        the API parameter `param` it was given as (default `policy`)."""
+        if source is not None:
+            return self._get(name, kind, source)
+        try:
+            return self._get(name, kind, "")
+        except InputError as e:
+            raise InputError(None, None, e.template, param=param or "policy") from None
+
+    def _get(self, name: str, kind: str | None, source: str) -> type[Policy]:
         self._load_entry_points()
         if ":" in name:
             cls = _import_class(name, source)

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from simmoe.errors import InputError
+from simmoe.errors import InputError, param_ref
 from simmoe.runtime.formats import FORMATS, WeightFormat, get_format
 from simmoe.validation import STRICT, AsTuple, FigureOrZero, input_error
 from simmoe.yamlio import load_yaml, scalar
@@ -184,7 +184,8 @@ def resolve_runtime_path(name_or_path: str | Path) -> Path:
     if not cand.is_file():
         close = difflib.get_close_matches(s, list_runtimes(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise InputError("--runtime", None, f"no such runtime {s!r}{hint} Bundled: {', '.join(list_runtimes())}")
+        raise InputError(None, None, f"no such runtime {s!r}{hint} Bundled: {', '.join(list_runtimes())}",
+                         param="runtime")
     return cand
 
 
@@ -202,11 +203,12 @@ def load_runtime(name_or_path: str | Path | None = None, overrides: dict[str, An
     path = resolve_runtime_path(name_or_path or DEFAULT)
     data = load_yaml(path, "runtime profile")
     if overrides:
-        data = apply_overrides(data, overrides, "--runtime-opt")
-    return runtime_from_dict(data, path if not overrides else f"{path} with --runtime-opt")
+        data = apply_overrides(data, overrides, None, param="runtime_opts")
+    return runtime_from_dict(data, path if not overrides else f"{path} with {param_ref('runtime_opts')}")
 
 
-def apply_overrides(data: Any, overrides: dict[str, Any], source: str) -> dict[str, Any]:
+def apply_overrides(data: Any, overrides: dict[str, Any], source: str | None,
+                    param: str | None = None) -> dict[str, Any]:
     """`{"experts.order": "index"}` applied to a profile's mapping (a copy); values given as text are read as
     YAML scalars. Keys must name a field of the schema."""
     if not isinstance(data, dict):
@@ -218,10 +220,10 @@ def apply_overrides(data: Any, overrides: dict[str, Any], source: str) -> dict[s
             known = [f"{s}.{f}" for s, m in SECTIONS.items() for f in m.model_fields]
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "keys are SECTION.FIELD"
-            raise InputError(source, key, f"unknown runtime field; {hint}")
+            raise InputError(source, key, f"unknown runtime field; {hint}", param=param)
         section = out.setdefault(parts[0], {})
         if not isinstance(section, dict):
-            raise InputError(source, key, f"{parts[0]} is not a mapping in the profile")
+            raise InputError(source, key, f"{parts[0]} is not a mapping in the profile", param=param)
         section[parts[1]] = scalar(value) if isinstance(value, str) else value
     return out
 

@@ -194,9 +194,9 @@ def run_sweep(configs: list[Config], out: str | Path, workers: int | None = None
     from simmoe.progress import bar as progress_bar
 
     if backend not in ("local", "ray"):
-        raise InputError("--backend", backend, "must be local or ray")
+        raise InputError(None, None, f"must be local or ray, got {backend!r}", param="backend")
     if workers is not None and workers < 1:
-        raise InputError("--workers", str(workers), "must be >= 1")
+        raise InputError(None, None, f"must be >= 1, got {workers}", param="workers")
     t0 = time.perf_counter()
     store = ResultStore(out)
     done = store.done_keys()

@@ -63,7 +63,7 @@ def partial_path(out: Path) -> Path:
 def check_out(out: str | Path) -> Path:
     p = Path(out)
     if p.suffix not in FORMATS:
-        raise InputError("--out", str(p), f"must end in {' or '.join(FORMATS)}")
+        raise InputError(None, None, f"must end in {' or '.join(FORMATS)}, got {str(p)!r}", param="out")
     check_output(str(p), "--out")  # folder exists and takes files, not a folder itself
     return p
 

@@ -45,7 +45,8 @@ import numpy as np
 
 from simmoe.errors import InputError
 from simmoe.fileio import atomic_open
-from simmoe.models import ModelSpec, get_model
+from simmoe.models import CATALOG, ModelSpec
+from simmoe.models.load import load_model
 from simmoe.trace.format import Trace, make_meta, validate
 from simmoe.validation import check_memory
 
@@ -173,7 +174,12 @@ def _src(where: tuple[str, int | None], unit: str = "line") -> str:
     return f if n is None else f"{f}:{unit} {n}"
 
 
-def _build(rec: _Records, spec: ModelSpec, model: str, source: str, layer_index: str,
+def _named(spec: ModelSpec) -> dict[str, Any]:
+    """How the trace names its model: the catalog name, or the whole spec when the catalog does not hold it."""
+    return {"model": spec.name} if CATALOG.get(spec.name) == spec else {"model_spec": spec}
+
+
+def _build(rec: _Records, spec: ModelSpec, model: str | Path | ModelSpec, source: str, layer_index: str,
            prompt_len: int | None, unit: str, fmt: str) -> Trace:
     """Records -> a validated Trace (the shared back end of both importers)."""
     m = len(rec.request)
@@ -360,21 +366,19 @@ def _build(rec: _Records, spec: ModelSpec, model: str, source: str, layer_index:
     if names is not None:
         meta_extra["request_names"] = names
     trace = Trace(experts=experts, request=request, phase=phase.astype(np.int8),
-                  meta=make_meta(model=model, source=f"imported from {fmt} ({source})", **meta_extra),
+                  meta=make_meta(**_named(spec), source=f"imported from {fmt} ({source})", **meta_extra),
                   gates=gate_arr, source=source)
     validate(trace)
     return trace
 
 
-def _spec(model: str, source: str) -> ModelSpec:
-    try:
-        return get_model(model)
-    except InputError as e:
-        raise InputError("--model", None, e.message) from None
+def _spec(model: str | Path | ModelSpec, source: str) -> ModelSpec:
+    """A catalog name, a config.json or spec .yaml path, or a ModelSpec (simmoe.models.load)."""
+    return load_model(model)
 
 
 # ---- JSONL --------------------------------------------------------------------------------------------
-def import_jsonl(path: str | Path, model: str, layer_index: str = "moe", prompt_len: int | None = None,
+def import_jsonl(path: str | Path, model: str | Path | ModelSpec, layer_index: str = "moe", prompt_len: int | None = None,
                  ignore_fields: Iterable[str] = ()) -> Trace:
     """One JSON object per line (blank lines skipped); see the module doc for the fields and rules."""
     src = str(path)
@@ -443,7 +447,7 @@ def _csv_list(v: Any) -> list[str]:
     return [x for x in _SPLIT.split(s) if x]
 
 
-def import_csv(paths: str | Path | Sequence[str | Path], model: str, layer_index: str = "moe",
+def import_csv(paths: str | Path | Sequence[str | Path], model: str | Path | ModelSpec, layer_index: str = "moe",
                prompt_len: int | None = None, ignore_fields: Iterable[str] = ()) -> Trace:
     """One CSV with a `layer` column, or several CSVs (one per layer, layer = last number in the file name).
     Row numbers in errors count the header as row 1 (as a spreadsheet shows them)."""

@@ -29,12 +29,14 @@ Everything is vectorised over requests, layers and slots; the only loop runs ove
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simmoe.errors import InputError
-from simmoe.models import CATALOG, ModelSpec, get_model
+from simmoe.models import CATALOG, ModelSpec
+from simmoe.models.load import load_model
 from simmoe.trace.format import Trace, make_meta, validate
 from simmoe.validation import check_memory
 
@@ -54,17 +56,13 @@ PRESETS: dict[str, dict[str, float]] = {
 _BIG = np.float32(1e30)
 
 
-def _resolve_model(model: str | ModelSpec) -> tuple[ModelSpec, dict[str, Any]]:
-    if isinstance(model, ModelSpec):
-        if CATALOG.get(model.name) == model:
-            return model, {"model": model.name}
-        return model, {"model_spec": model}
-    if not isinstance(model, str):
-        raise InputError("synth", "model", f"must be a model name or ModelSpec, got {type(model).__name__}")
-    try:
-        return get_model(model), {"model": model}
-    except InputError as e:
-        raise InputError("synth", "model", e.message) from None
+def _resolve_model(model: str | Path | ModelSpec) -> tuple[ModelSpec, dict[str, Any]]:
+    """The spec (a catalog name, a config.json or spec .yaml path, a ModelSpec) and how the trace names it: by
+    catalog name, or embedded (meta.model_spec) when the catalog does not hold it."""
+    spec = load_model(model)
+    if CATALOG.get(spec.name) == spec:
+        return spec, {"model": spec.name}
+    return spec, {"model_spec": spec}
 
 
 def _per_request(value: int | Sequence[int], requests: int, name: str) -> np.ndarray:
@@ -86,7 +84,7 @@ def _check_prob(x: float, name: str) -> float:
 
 
 def synth_trace(
-    model: str | ModelSpec,
+    model: str | Path | ModelSpec,
     requests: int = 4,
     prompt_tokens: int | Sequence[int] = 32,
     decode_tokens: int | Sequence[int] = 128,
