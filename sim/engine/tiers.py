@@ -235,7 +235,7 @@ def describe(p: TierPlan) -> dict[str, Any]:
 
 def inactive_summary(p: TierPlan) -> dict[str, Any]:
     """A configured tier that every expert fits above: nothing read, nothing missed."""
-    return {**describe(p), "host_hits": 0, "host_misses": 0, "host_hit_rate": 0.0, "host_evictions": 0,
+    return {**describe(p), "host_hits": 0, "host_misses": 0, "host_hit_rate": None, "host_evictions": 0,
             "nvme_reads": 0, "nvme_bytes": 0, "nvme_busy": 0.0, "host_occupancy": p.total_experts,
             "host_peak_occupancy": p.total_experts}
 
