@@ -50,6 +50,19 @@ def test_read_model_meets_the_published_990_pro_figures():
     assert gbps == pytest.approx(7.45, rel=0.001) and gbps == pytest.approx(7.46, rel=0.005)
     # one bf16 Mixtral expert (3 x 4096 x 14336 x 2 B = 352 MB): ~47 ms
     assert nvme_read_us(352_321_536, n) / 1e3 == pytest.approx(47.34, abs=0.05)
+    # 4 KiB at QD32 from one reader: 651 K IOPS, NOT the datasheet's multi-queue 1.4 M (docs/tiers.md says so)
+    qd32 = n.model_copy(update={"request_kib": 4})
+    assert 1e6 * 10**5 / nvme_read_us(10**5 * 4096, qd32) == pytest.approx(651_000, rel=0.005)
+
+
+def test_read_model_shape_matches_both_published_970_evo_depths():
+    # KitGuru's 970 EVO 2 TB, 128 KiB sequential reads: 3,402 MB/s at QD32 and 2,594 MB/s at QD2; one latency
+    # (62.5 us) explains both (a consistency check of the formula's shape, docs/tiers.md)
+    evo = NvmeSpec(read_gbps=3.402, latency_us=62.5, request_kib=128, queue_depth=32)
+    big = 2**30
+    assert big / nvme_read_us(big, evo) / 1e3 == pytest.approx(3.402, rel=0.001)
+    qd2 = evo.model_copy(update={"queue_depth": 2})
+    assert big / nvme_read_us(big, qd2) / 1e3 == pytest.approx(2.594, rel=0.002)
 
 
 def test_read_model_shape():
