@@ -186,6 +186,8 @@ TIER_CONFIGS = [
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}, prefetch="next-layer", prefetch_options={"accuracy": 0.6})),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}, prefetch="next-layer", prefetch_options={"accuracy": 0.6}),
          gpudirect=True),
+    dict(policy=PolicySet("lru", {"slots_per_layer": 2}, prefetch="next-layer", prefetch_options={"accuracy": 0.6}),
+         cfg=dict(host_memory="pageable")),
     # a copy unit of 3 pieces: 3 reads, each copy follows its read (a chunked pipeline)
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}), runtime={"experts.copies_per_expert": 3}),
     dict(policy=PolicySet("ondemand"), runtime_name="deepspeed-zero3"),  # every expert of a layer each time
@@ -296,6 +298,17 @@ def test_cli_replays_mixtral_from_the_ssd(tmp_path, capsys):
     tracks = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
     reads = [e for e in events if e.get("ph") == "X" and tracks.get(e["tid"]) == "nvme"]
     assert reads and all(e["name"].startswith("read M") for e in reads)
+    occupancy = [e for e in events if e.get("ph") == "C" and e["name"] == "expert cache occupancy"]
+    assert occupancy and all(0 <= e["args"]["host tier experts"] <= t["host_capacity_experts"] for e in occupancy)
+
+
+def test_step_timeline_plot_draws_the_ssd_track(tmp_path):
+    from simmoe import plots
+
+    res = Replay(toy(), RTX3090, PolicySet("lru", {"slots_per_layer": 2}),
+                 ReplayConfig(host_memory_gib=0.05, timeline_steps=(0, 4))).run()
+    ax = plots.step_timeline(res)
+    assert "NVMe SSD reads" in [t.get_text() for t in ax.get_yticklabels()]
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -282,8 +282,8 @@ class StepTiming:
         ready, last = self.ready, self.last
         chunk_mb = self.chunk_mb
         for op in pre:
-            if op[0] == READ:
-                self._read(op)
+            if op[0] == READ:  # a prefetch on a copy stream of its own reads without the host waiting too
+                self._read(op, self.blocking if self.rx.prefetch_stream == "copy" else False)
                 continue
             _, buf, layer, e, nbytes = op
             name = f"prefetch L{layer} e{e}" if rec else ""
@@ -312,7 +312,7 @@ class StepTiming:
             x = self._read_us[nbytes] = nvme_read_us(nbytes, self.sc.hw.nvme)
         return x
 
-    def _read(self, op: tuple) -> None:
+    def _read(self, op: tuple, blocking: bool | None = None) -> None:
         """The SSD tier's READ: into host memory (the buffer's next copy waits for it; with a copy unit of n
         pieces, n reads that the n copies follow one by one: a pipeline), or, direct (GPUDirect Storage), into
         the GPU buffer itself once the kernels reading its old contents are done (no H2D copy)."""
@@ -330,7 +330,8 @@ class StepTiming:
         n = self.rx.copies_per_expert
         us = self.read_us(nbytes) if n == 1 else self.read_us(nbytes // n)
         # pageable host memory is the page cache (mmap): the copy faults the pages in on the host thread
-        self.read_ready[buf] = [tl.read(us, blocking=self.blocking, name=name) for _ in range(n)]
+        blocking = self.blocking if blocking is None else blocking
+        self.read_ready[buf] = [tl.read(us, blocking=blocking, name=name) for _ in range(n)]
 
     def _cpu_experts(self, jobs: list[tuple[int, int]], after, li: int):
         """kTransformers-style: one D2H of the layer's activations, the CPU computes its experts in turn,
