@@ -130,8 +130,8 @@ def plan_tier(trace_experts: np.ndarray, num_layers: int, spec: ModelSpec, hw: H
 def check_combinations(plan: TierPlan, *, placement: str | None, nested: bool, chunk_mb: float | None) -> None:
     """What an active tier does not model (one line each)."""
     if placement is not None:
-        raise InputError("--placement", None, f"{placement} computes experts on the CPU: with the SSD tier (experts "
-                         "not all in host memory) CPU experts are not modelled")
+        raise InputError("--placement", None, f"the placement policy {placement!r} computes experts on the CPU: "
+                         "CPU experts with the SSD tier (experts not all in host memory) are not modelled")
     if nested:
         raise InputError("--precision", None, "per-access bit-widths (nested precision) are not modelled with "
                          "the SSD tier")
