@@ -340,3 +340,20 @@ def test_executor_says_it_cannot_run_the_ssd_tier():
     with pytest.raises(InputError, match="SSD tier") as e:
         exe.run(PolicySet("lru", {"slots_per_layer": 2}))
     assert "\n" not in str(e.value)
+
+
+def test_host_memory_is_a_sweep_parameter(tmp_path):
+    from simmoe.sweeps import expand, load_results, run_sweep
+    from simmoe.trace.format import write_trace
+
+    p = tmp_path / "toy.npz"
+    write_trace(toy(), p)
+    spec = expand({"trace": str(p), "base": {"hw": "rtx3090", "policy": "lru",
+                                             "policy_options.slots_per_layer": 2},
+                   "grid": {"host_memory_gib": [0.05, 0.15, 64]}}, "s.yaml", tmp_path)
+    report = run_sweep(spec.configs, tmp_path / "r.parquet", workers=1, progress=False)
+    assert report.ok == 3
+    df = load_results(tmp_path / "r.parquet").sort_values("host_memory_gib")
+    assert df["host_tier.active"].tolist() == [True, True, False]
+    assert df["host_tier.nvme_bytes"].tolist()[0] > df["host_tier.nvme_bytes"].tolist()[1] > 0
+    assert df["host_tier.nvme_bytes"].tolist()[2] == 0
