@@ -357,3 +357,53 @@ def test_host_memory_is_a_sweep_parameter(tmp_path):
     assert df["host_tier.active"].tolist() == [True, True, False]
     assert df["host_tier.nvme_bytes"].tolist()[0] > df["host_tier.nvme_bytes"].tolist()[1] > 0
     assert df["host_tier.nvme_bytes"].tolist()[2] == 0
+
+
+# ---- the host tier's actions, by hand ------------------------------------------------------------------------------
+def _tier(capacity: int, direct: bool = False, preload=()):
+    from simmoe.engine.planner import PlanCounts
+    from simmoe.engine.tiers import HostTier, TierPlan
+    from simmoe.policies.cache.lru import LRU
+
+    plan = TierPlan(active=True, host_bytes=0, rule="test", capacity=capacity, total_experts=8, expert_bytes=100,
+                    policy="lru", policy_cls=LRU, policy_opts=LRU.Options(), placement="first",
+                    reads_future=False, direct=direct, preload=tuple(preload), read_us=1.0)
+    counts = PlanCounts(bytes_h2d=1000)
+    return HostTier(plan, 2, 4, counts), counts
+
+
+def test_expand_adds_a_read_before_each_copy_the_host_misses():
+    from simmoe.engine.planner import FETCH, LOAD, PREFETCH, RUN
+    from simmoe.engine.tiers import READ
+
+    tier, counts = _tier(2, preload=(1,))
+    ops = [(RUN, 0, 0, 3, 1, 0), (LOAD, 1, 0, 1, 1, 0, 100), (LOAD, 2, 0, 2, 1, 0, 100),
+           (FETCH, 3, 1, 0, 100, True, 0, 0), (PREFETCH, 4, 1, 1, 100)]
+    out = tier.expand(ops)
+    # expert (0,1) = key 1 is in host memory; keys 2, 4 and 5 are read first
+    assert out == [ops[0], ops[1], (READ, 2, 0, 2, 100, False), ops[2], (READ, 3, 1, 0, 100, False), ops[3],
+                   (READ, 4, 1, 1, 100, False), ops[4]]
+    assert (tier.hits, tier.misses, tier.nvme_bytes, tier.evictions) == (1, 3, 300, 2)
+    assert sorted(tier.cache.keys()) == [4, 5] and counts.bytes_h2d == 1000  # LRU of 2; copies still counted
+
+
+def test_direct_reads_replace_the_copy_and_leave_host_memory_alone():
+    from simmoe.engine.planner import LOAD, PREFETCH, RUN
+    from simmoe.engine.tiers import READ
+
+    tier, counts = _tier(2, direct=True)
+    out = tier.expand([(LOAD, 1, 0, 1, 7, 0, 100), (PREFETCH, 4, 1, 1, 100)])
+    assert out == [(READ, 1, 0, 1, 100, True), (RUN, 1, 0, 1, 7, 0), (READ, 4, 1, 1, 100, True)]
+    assert len(tier.cache) == 0 and counts.bytes_h2d == 800 and tier.nvme_bytes == 200
+
+
+def test_a_miss_in_both_tiers_costs_its_read_on_the_critical_path():
+    # one decode row, one layer, a cold GPU cache and no host memory: the step is the same as without the tier
+    # plus exactly one expert read (the copy starts when the read ends instead of when it is issued)
+    tr = random_trace(1, 1, 2, 1, requests=1, seed=0, prefill=0)
+    ps = PolicySet("lru", {"slots_per_layer": 1})
+    plain = Replay(tr, RTX3090.model_copy(update={"nvme": None}), ps).run()
+    tiered = Replay(tr, RTX3090, ps, ReplayConfig(host_memory_gib=1e-6)).run()
+    assert tiered.summary["host_tier"]["nvme_reads"] == 1
+    read = nvme_read_us(TOY_EXPERT, RTX3090.nvme)
+    assert tiered.steps["latency_us"].iloc[0] - plain.steps["latency_us"].iloc[0] == pytest.approx(read)
