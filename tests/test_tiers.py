@@ -261,7 +261,9 @@ def test_tier_invariants(seed, layers, experts, k, slots, host_experts, batch, p
         return
     cap = t["host_capacity_experts"]
     assert cap == host_experts
-    assert (df["host_occupancy"] <= cap).all() and t["host_peak_occupancy"] <= cap  # never over capacity
+    # no tier is ever over capacity: host memory, and the GPU's expert cache and memory as before
+    assert (df["host_occupancy"] <= cap).all() and t["host_peak_occupancy"] <= cap
+    assert (df["cache_occupancy"] <= s["cache_slots"]).all() and s["peak_gpu_mem_bytes"] <= s["gpu_mem_usable_bytes"]
     # every host miss reads the expert's bytes from NVMe exactly once
     assert t["nvme_bytes"] == t["host_misses"] * s["expert_bytes"] == df["nvme_bytes"].sum()
     assert t["nvme_reads"] == t["host_misses"] == df["host_misses"].sum()
