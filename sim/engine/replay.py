@@ -142,7 +142,7 @@ def _driver(env: simpy.Environment, sc: Scenario, planner: AccessPlanner, timing
     fast = not isinstance(tl, SimpyTimeline)
     window = cfg.timeline_steps
     c = planner.c
-    tier = planner.tier
+    tier = getattr(planner, "tier", None)  # the SSD tier (tiers.py); planners without one have none
     bar = None
     if progress:
         from simmoe.progress import bar as progress_bar
