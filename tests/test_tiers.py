@@ -409,3 +409,16 @@ def test_a_miss_in_both_tiers_costs_its_read_on_the_critical_path():
     assert tiered.summary["host_tier"]["nvme_reads"] == 1
     read = nvme_read_us(TOY_EXPERT, RTX3090.nvme)
     assert tiered.steps["latency_us"].iloc[0] - plain.steps["latency_us"].iloc[0] == pytest.approx(read)
+
+
+def test_several_gpus_refuse_the_ssd_tier():
+    hw = load_profile("2x-rtx3090")  # 128 GiB of host memory and an nvme: section
+    tr = read_trace(MIXTRAL).select(requests=[0])
+    ps = PolicySet("lru", {"slots_per_layer": 1})
+    with pytest.raises(InputError, match="--host-memory-gib"):
+        Replay(tr, hw, ps, ReplayConfig(parallel="pipeline", host_memory_gib=16)).run()
+    small = hw.model_copy(update={"cpu": hw.cpu.model_copy(update={"memory_gib": 32})})
+    with pytest.raises(InputError, match="--parallel"):
+        Replay(tr, small, ps, ReplayConfig(parallel="expert")).run()
+    res = Replay(tr, hw, ps, ReplayConfig(parallel="pipeline")).run()  # every expert fits: runs as before
+    assert res.summary["parallel"]["devices"] and "host_tier" not in res.summary

@@ -119,7 +119,9 @@ def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) 
                     activations=int((sc.trace.experts >= 0).sum()), memory=d0.memory, counts=planners.c, log=log,
                     events=parallel.timeline_events(tl.events) if ps.n > 1 else list(tl.events),
                     provenance=run_provenance(sc.trace.source, ps.hw, ps.hw_name, d0.runtime, d0.runtime.name,
-                                              d0.policies.pset, d0.policies.pset.describe(), ps.cfg))
+                                              d0.policies.pset, d0.policies.pset.describe(), ps.cfg),
+                    # one GPU reports the SSD tier as the single-GPU engine does (an active one is refused)
+                    tier=inactive_summary(d0.tier) if d0.tier is not None else None)
     res = Result.build(rec, wall_s=time.perf_counter() - wall0)
     if ps.n > 1:  # one GPU: the single-GPU summary exactly
         par = parallel.device_results(ps, timing, planners, res.steps, res.summary["makespan_s"] * 1e6)

@@ -188,7 +188,8 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
         keys = np.fromiter((m * E + e for ex, _ in step_ex for m, lay in enumerate(ex) for e in lay),
                            dtype=np.int64)
         next_use = next_use_of(keys)
-    tier = plan_tier(tr.experts, L, spec, hw, hw_name, cfg, memory.expert_bytes)
+    # the SSD tier of the whole model's experts (a GPU of several: parallel.py refuses an active one)
+    tier = plan_tier(tr.experts, L, spec, hw, hw_name, cfg, memory.expert_bytes) if share is None else None
     if tier is not None and tier.active:
         check_combinations(tier, placement=r.placement_cls.name if r.placement_cls else None,
                            nested=nested is not None, chunk_mb=cfg.prefetch_chunk_mb)

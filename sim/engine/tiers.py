@@ -140,6 +140,20 @@ def check_combinations(plan: TierPlan, *, placement: str | None, nested: bool, c
                          "SSD tier")
 
 
+def check_parallel(trace_experts: np.ndarray, num_layers: int, spec: ModelSpec, hw: HwProfile, hw_name: str,
+                   cfg: ReplayConfig, expert_bytes: int) -> None:
+    """Several GPUs (parallel.py) share one host memory and one SSD: not modelled. Tier settings, or a model
+    whose experts exceed host memory, are input errors there (not a tier silently left out)."""
+    given = [f for f in TIER_FLAGS if getattr(cfg, f) is not None]
+    if given:
+        raise InputError("--" + given[0].replace("_", "-"), None, f"the SSD tier is not modelled with --parallel "
+                         f"{cfg.parallel} (several GPUs)")
+    tier = plan_tier(trace_experts, num_layers, spec, hw, hw_name, cfg, expert_bytes)
+    if tier is not None and tier.active:
+        raise InputError("--parallel", None, f"the experts ({tier.total_experts}) exceed host memory ({tier.capacity}: "
+                         f"{tier.rule}): the SSD tier is not modelled with several GPUs")
+
+
 class HostTier:
     """The host tier's state during a run: its cache policy, and the READs it adds to the planner's actions."""
 
@@ -240,4 +254,4 @@ def inactive_summary(p: TierPlan) -> dict[str, Any]:
             "host_peak_occupancy": p.total_experts}
 
 
-__all__ = ["READ", "HostTier", "TierPlan", "check_combinations", "nvme_read_us", "plan_tier"]
+__all__ = ["READ", "HostTier", "TierPlan", "check_combinations", "check_parallel", "nvme_read_us", "plan_tier"]
