@@ -273,6 +273,10 @@ class OffloadedExecutor:
         if sc.runtime.kernels.fused:
             raise InputError(f"runtime {sc.runtime.name}", "kernels.per_moe_layer", "the executor runs experts "
                              "one by one: a fused MoE runtime cannot be validated")
+        if sc.tier is not None and sc.tier.active:
+            raise InputError(f"profile {self.hw.name}", "nvme", f"the experts ({sc.tier.total_experts}) exceed "
+                             f"the profile's host memory ({sc.tier.capacity} experts): the executor keeps every "
+                             "expert in pinned host memory and does not run the SSD tier")
         label = label or pset.describe()
         key = (batch, max_requests)
         with torch.inference_mode():

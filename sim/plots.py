@@ -29,15 +29,15 @@ if TYPE_CHECKING:  # pragma: no cover
 GIB = 2**30
 
 # Timeline tracks, top to bottom, as recorded by simmoe.engine.timeline.
-TRACKS = ("dispatch", "gpu", "h2d", "d2h", "cpu")
+TRACKS = ("dispatch", "gpu", "h2d", "d2h", "cpu", "nvme")
 TRACK_LABELS = {"dispatch": "host dispatch", "gpu": "GPU compute", "h2d": "H2D copy", "d2h": "D2H copy",
-                "cpu": "CPU experts"}
+                "cpu": "CPU experts", "nvme": "NVMe SSD reads"}
 # Colours per kind of op (tab10); keys are event categories, plus "prefetch" for prefetch copies.
 OP_COLORS = {"compute": "#1f77b4", "expert": "#2ca02c", "copy": "#ff7f0e", "prefetch": "#bcbd22",
-             "cpu": "#9467bd", "launch": "#7f7f7f", "host": "#8c564b", "sync": "#d62728"}
+             "cpu": "#9467bd", "launch": "#7f7f7f", "host": "#8c564b", "sync": "#d62728", "read": "#e377c2"}
 OP_LABELS = {"compute": "dense kernels", "expert": "expert kernels", "copy": "expert / activation copy",
              "prefetch": "prefetch copy", "cpu": "CPU expert", "launch": "kernel launch", "host": "host work",
-             "sync": "sync (host waits)"}
+             "sync": "sync (host waits)", "read": "SSD read (tiers.py)"}
 # Latency breakdown segments: (label, colour).
 BREAKDOWN = (("compute", "#1f77b4"), ("copy stall", "#ff7f0e"), ("dispatch stall", "#7f7f7f"),
              ("CPU stall", "#9467bd"), ("other", "#d9d9d9"))

@@ -18,6 +18,7 @@ EXPECTED = {
     "02-policy-research.ipynb": ((), 2),
     "03-capacity-planning.ipynb": ((), 2),
     "04-calibration.ipynb": (("torch",), 3),
+    "05-ssd-tier.ipynb": ((), 3),
     "06-multi-gpu.ipynb": ((), 2),
 }
 

@@ -46,6 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--copy-stream", choices=("separate", "compute"),
                    help="issue expert copies on a separate copy stream or on the compute stream (default: the "
                         "runtime's)")
+    t = p.add_argument_group("SSD tier (profiles with an nvme: section; docs/tiers.md)")
+    t.add_argument("--host-memory-gib", type=float, metavar="GIB",
+                   help="host memory for experts (default: the profile's cpu.memory_gib minus a 4 GiB OS reserve "
+                        "and the dense weights); experts beyond it are read from the NVMe SSD")
+    t.add_argument("--host-policy", metavar="NAME",
+                   help="cache policy of host memory as the second cache level (default lru: the page cache)")
+    t.add_argument("--host-placement", metavar="none|first|popular",
+                   help="experts in host memory at t=0: none (cold, default), first (the file's first experts), "
+                        "popular (the trace's most activated: an oracle, it reads the future)")
     p.add_argument("--engine", choices=("fast", "simpy"), default="fast",
                    help="fast recurrence (default) or one SimPy event per kernel (slow reference)")
     p.add_argument("--max-requests", type=int, help="replay only the first N requests")
@@ -86,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ReplayConfig fields set from flags of the same name
 CONFIG_FLAGS = ("batch", "prefill_chunk", "host_memory", "copy_stream", "engine", "max_requests",
                 "prefetch_chunk_mb", "arrivals", "rate", "cv", "seed", "max_batched_tokens", "requests",
-                "slo_ttft_ms", "slo_tpot_ms", "parallel", "gpus")
+                "slo_ttft_ms", "slo_tpot_ms", "parallel", "gpus", "host_memory_gib", "host_policy",
+                "host_placement")
 
 
 def policy_set_from_args(args: argparse.Namespace):

@@ -84,8 +84,11 @@ def trace_events(events, steps: pd.DataFrame, title: str, expert_bytes: int,
 
 
 def _occupancy(ts: float, row) -> dict:
+    args = {"experts": int(row.cache_occupancy)}
+    if hasattr(row, "host_occupancy"):  # the SSD tier's host memory (tiers.py), when it is used
+        args["host tier experts"] = int(row.host_occupancy)
     return {"ph": "C", "pid": PID, "tid": 0, "name": "expert cache occupancy", "cat": "memory", "ts": ts,
-            "args": {"experts": int(row.cache_occupancy)}}
+            "args": args}
 
 
 def _mem(ts: float, row, expert_bytes: int, memory) -> dict:

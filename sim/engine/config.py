@@ -90,6 +90,15 @@ class ReplayConfig(BaseModel):
         "none", description="several GPUs: split the model by layers (pipeline) or shard each layer's experts "
                             "(expert)")
     gpus: PosInt | None = Field(None, description="GPUs the model is split over (default: all the profile has)")
+    # the SSD tier (sim/engine/tiers.py, docs/tiers.md; needs the profile's nvme: section)
+    host_memory_gib: PosReal | None = Field(
+        None, description="host memory for experts in GiB; experts beyond it are read from the NVMe SSD (default: "
+                          "cpu.memory_gib minus a 4 GiB OS reserve and the dense weights)")
+    host_policy: str | None = Field(None, description="cache policy of host memory as the second cache level "
+                                                      "(default: lru, the page cache)")
+    host_placement: Literal["none", "first", "popular"] | None = Field(
+        None, description="experts in host memory at t=0: none (cold, default), first (the file's first experts), "
+                          "popular (the trace's most activated: an oracle)")
 
     def __init__(self, **data: Any) -> None:
         try:

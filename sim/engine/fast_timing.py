@@ -25,7 +25,8 @@ class FastStepTiming(StepTiming):
         # what this path computes: anything else goes through StepTiming.play
         self.inlined = not (rh.per_expert_us or rh.syncs_per_expert or rh.per_moe_layer_us or rh.per_copy_us
                             or rh.per_layer_us or rx.prefetch_stream != "separate" or self.rk.per_expert_gather
-                            or rh.graphs_max_tokens or rx.writeback or rx.copies_per_expert != 1 or self.rk.fused)
+                            or rh.graphs_max_tokens or rx.writeback or rx.copies_per_expert != 1 or self.rk.fused
+                            or self.tiered)  # the SSD tier's reads: through the timeline's methods
 
     def _expert_kernels(self, nt: int, wb: int) -> tuple[float, float, float]:
         kpe = self.rk.per_expert

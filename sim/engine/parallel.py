@@ -55,6 +55,7 @@ from simmoe.engine.schedule import Step
 from simmoe.engine.serving import cycle_trace
 from simmoe.engine.setup import resolve
 from simmoe.engine.step_timing import StepTiming, host_costs
+from simmoe.engine.tiers import check_parallel
 from simmoe.engine.timeline import D2H, H2D
 from simmoe.errors import InputError, param_ref
 from simmoe.hw.profile import HwProfile
@@ -193,6 +194,7 @@ def prepare_parallel(trace: Trace, hw: HwProfile, pset: PolicySet | None = None,
     devices = tuple(prepare(parts[g], hw, pset, sub_cfg, hw_name if n == 1 else f"{hw_name} GPU {g}", runtime,
                             share=None if n == 1 else shares[g], cpu_layers=cpu[g]) for g in range(n))
     d0 = devices[0]
+    check_parallel(tr.experts, tr.num_layers, spec, hw, hw_name, cfg, d0.memory.expert_bytes)  # tiers.py
     if n == 1:
         driver = d0
     else:

@@ -35,6 +35,7 @@ import numpy as np
 from simmoe.engine.scenario import Scenario
 from simmoe.engine.schedule import PREFILL, Step
 from simmoe.engine.setup import make_partitions
+from simmoe.engine.tiers import HostTier, check_combinations
 from simmoe.errors import InputError
 from simmoe.policies.base import Access, CacheContext, StepView
 
@@ -144,6 +145,12 @@ class AccessPlanner:
         self._tk: list = []
         self._view: StepView | None = None
         self._step_lists: tuple = (None, None, None, None)
+        # the SSD tier (tiers.py): a READ from NVMe before the copy of each expert missing from host memory
+        self.tier: HostTier | None = None
+        if sc.tier is not None and sc.tier.active:
+            check_combinations(sc.tier, placement=None, nested=False, chunk_mb=self.chunk_mb())
+            self.tier = HostTier(sc.tier, L, E, self.c)
+            self.plan_layer = self.tier.wrap(self.plan_layer)  # type: ignore[method-assign]
 
     # ---- steps ---------------------------------------------------------------------------------------------
     def chunk_mb(self) -> float | None:

@@ -24,6 +24,7 @@ from simmoe.engine.scenario import Scenario, prepare
 from simmoe.engine.schedule import Idle, Step, online_schedule
 from simmoe.engine.simpy_timeline import SimpyTimeline
 from simmoe.engine.step_timing import StepTiming, host_costs
+from simmoe.engine.tiers import inactive_summary
 from simmoe.engine.timeline import ChunkedTimeline, HostDeviceTimeline, Timeline
 from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile, load_profile
@@ -86,7 +87,7 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
     else:
         tl = (ChunkedTimeline if chunked else Timeline)(host, hw.pcie.copy_engines)
     timing = (FastStepTiming if cfg.engine == "fast" else StepTiming)(sc, tl, planner, chunk_mb)
-    log = StepLog()
+    log = StepLog(tier=planner.tier is not None)
     env.process(_driver(env, sc, planner, timing, log, progress))
     env.run()
     rec = RunRecord(trace=sc.trace.source, model=sc.spec.name, hw=sc.hw_name, runtime=sc.runtime.name,
@@ -95,7 +96,8 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
                     routing_fidelity=sc.routing_fidelity, activations=int((sc.trace.experts >= 0).sum()),
                     memory=sc.memory, counts=planner.c, log=log, events=list(getattr(tl, "events", [])),
                     provenance=run_provenance(sc.trace.source, hw, sc.hw_name, sc.runtime, sc.runtime.name,
-                                              sc.policies.pset, sc.policies.pset.describe(), cfg))
+                                              sc.policies.pset, sc.policies.pset.describe(), cfg),
+                    tier=_tier_summary(sc, planner))
     logger.debug(f"replay done: {planner.c.hits} hits, {planner.c.misses} misses in "
                  f"{time.perf_counter() - wall0:.2f} s of wall time")
     result = Result.build(rec, wall_s=time.perf_counter() - wall0)
@@ -119,7 +121,9 @@ def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) 
                     activations=int((sc.trace.experts >= 0).sum()), memory=d0.memory, counts=planners.c, log=log,
                     events=parallel.timeline_events(tl.events) if ps.n > 1 else list(tl.events),
                     provenance=run_provenance(sc.trace.source, ps.hw, ps.hw_name, d0.runtime, d0.runtime.name,
-                                              d0.policies.pset, d0.policies.pset.describe(), ps.cfg))
+                                              d0.policies.pset, d0.policies.pset.describe(), ps.cfg),
+                    # one GPU reports the SSD tier as the single-GPU engine does (an active one is refused)
+                    tier=inactive_summary(d0.tier) if d0.tier is not None else None)
     res = Result.build(rec, wall_s=time.perf_counter() - wall0)
     res.timeline_steps = ps.cfg.timeline_steps  # what `events` holds (Result.write_timeline)
     if ps.n > 1:  # one GPU: the single-GPU summary exactly
@@ -143,6 +147,7 @@ def _driver(env: simpy.Environment, sc: Scenario, planner: AccessPlanner, timing
     fast = not isinstance(tl, SimpyTimeline)
     window = cfg.timeline_steps
     c = planner.c
+    tier = getattr(planner, "tier", None)  # the SSD tier (tiers.py); planners without one have none
     bar = None
     if progress:
         from simmoe.progress import bar as progress_bar
@@ -163,16 +168,28 @@ def _driver(env: simpy.Environment, sc: Scenario, planner: AccessPlanner, timing
         tl.record = window is not None and window[0] <= i < window[1]
         tl.c.reset()
         counts0 = (c.hits, c.misses, c.cpu_experts, c.copies, c.bytes_h2d)
+        tier0 = tier.snapshot() if tier is not None else None
         timing.play(step, i, planner)
         if fast:
             yield env.timeout(tl.h - env.now)
         else:
             yield tl.play()
         log.add(step, t0, env.now, tl.c, counts0, c, sc.ri, sc.spec)
+        if tier is not None:
+            log.add_tier(tl.c, tier0, tier)
         n += 1
     if bar is not None:
         bar.update(n - bar.n)
         bar.close()
+
+
+def _tier_summary(sc: Scenario, planner: AccessPlanner) -> dict | None:
+    """The SSD tier's summary (busy fraction filled in by Result.build), or None without a tier."""
+    if sc.tier is None:
+        return None
+    if planner.tier is None:
+        return inactive_summary(sc.tier)
+    return planner.tier.summary(0.0)
 
 
 def steps_of(env: simpy.Environment, sc: Scenario):

@@ -65,13 +65,16 @@ STEP_COLUMNS = (
     "bytes_h2d", "gpu_busy_us", "h2d_busy_us", "d2h_busy_us", "cpu_busy_us", "stall_copy_us", "stall_dispatch_us",
     "stall_cpu_us", "cache_occupancy", "kv_bytes",
 )
+# with the SSD tier in use (tiers.py), per step: the SSD's busy time, bytes read, host-tier hits and misses and
+# the experts in host memory after the step
+TIER_COLUMNS = ("nvme_busy_us", "nvme_bytes", "host_hits", "host_misses", "host_occupancy")
 
 
 class StepLog:
     """Per-step rows, plus the per-request token times TTFT and TPOT are computed from."""
 
-    def __init__(self) -> None:
-        self.cols: dict[str, list] = {c: [] for c in STEP_COLUMNS}
+    def __init__(self, tier: bool = False) -> None:
+        self.cols: dict[str, list] = {c: [] for c in STEP_COLUMNS + (TIER_COLUMNS if tier else ())}
         self.admit: dict[int, float] = {}
         self.first_token: dict[int, float] = {}
         self.last_token: dict[int, float] = {}
@@ -123,6 +126,16 @@ class StepLog:
         for rid in step.finished:
             self.active_ctx.pop(rid, None)
 
+    def add_tier(self, c: Counters, before: tuple[int, int, int], tier) -> None:
+        """The SSD tier's part of the step just added (`before`: the tier's snapshot() at its start)."""
+        col = self.cols
+        h0, m0, b0 = before
+        col["nvme_busy_us"].append(c.nvme_busy)
+        col["nvme_bytes"].append(tier.nvme_bytes - b0)
+        col["host_hits"].append(tier.hits - h0)
+        col["host_misses"].append(tier.misses - m0)
+        col["host_occupancy"].append(len(tier.cache))
+
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.cols)
 
@@ -150,6 +163,7 @@ class RunRecord:
     log: StepLog
     events: list
     provenance: dict = field(default_factory=dict)  # simmoe.provenance.run_provenance
+    tier: dict | None = None  # the SSD tier's summary (tiers.py) where the profile has one; None otherwise
 
 
 def _is_last_prefill(step, ri) -> bool:
@@ -331,6 +345,11 @@ class Result(ResultViews):
             "gpu_mem_usable_bytes": plan.usable,
             "wall_s": wall_s,
         }
+        if rec.tier is not None:
+            tier = dict(rec.tier)
+            if "nvme_busy_us" in df:
+                tier["nvme_busy"] = busy("nvme_busy_us")
+            summary["host_tier"] = tier
         L = len(st.layer_hits)
         layers = pd.DataFrame({"layer": np.arange(L), "hits": st.layer_hits, "misses": st.layer_misses,
                                "cpu_experts": st.layer_cpu})
@@ -362,6 +381,7 @@ class Result(ResultViews):
             f"decode {s['decode_tokens']:,})   steps {s['steps']:,}",
             f"  expert accesses {s['accesses']:,}   hits {s['hits']:,}   misses {s['misses']:,}   "
             f"hit rate {100 * s['hit_rate']:.1f}%   cpu-computed {s['cpu_experts']:,}",
+            *_tier_lines(s.get("host_tier")),
             f"  cache {s['cache_slots']:,} experts   H2D {s['bytes_h2d'] / 1e9:,.2f} GB   "
             f"prefetches {s['prefetches']:,} (used {s['prefetch_used']:,})"
             + (f"   routing fidelity {100 * s['routing_fidelity']:.1f}% of gate mass"
@@ -397,6 +417,20 @@ class Result(ResultViews):
             lines.extend(format_devices(s["parallel"]))
         lines.append(f"  simulator wall time {s['wall_s']:.2f} s")
         return "\n".join(lines)
+
+
+def _tier_lines(t: dict | None) -> list[str]:
+    """The SSD tier's lines of the table, only when it is used (experts exceed host memory)."""
+    if not t or not t["active"]:
+        return []
+    n = t["host_hits"] + t["host_misses"]
+    return [f"  SSD tier: host memory {t['host_memory_gib']:,.1f} GiB = {t['host_capacity_experts']:,} of "
+            f"{t['experts']:,} experts ({t['policy']}, placement {t['placement']}"
+            + (", oracle: reads the trace" if t["placement_reads_future"] else "")
+            + (", GPUDirect Storage" if t["gpudirect"] else "") + ")",
+            f"  host tier hits {t['host_hits']:,}   misses {t['host_misses']:,}   hit rate "
+            f"{100 * t['host_hits'] / n if n else 0.0:.1f}%   NVMe {t['nvme_bytes'] / 1e9:,.2f} GB read "
+            f"({t['expert_read_ms']:,.2f} ms per expert), busy {100 * t['nvme_busy']:.1f}%"]
 
 
 def _clean(x):

@@ -24,6 +24,7 @@ from simmoe.engine.memory import DeviceShare, MemoryPlan, fixed_plan
 from simmoe.engine.schedule import RowIndex, Step, static_schedule, step_experts
 from simmoe.engine.serving import arrival_times_s, cycle_trace
 from simmoe.engine.setup import CacheSizing, Resolved, needs_staging, resolve, size_cache
+from simmoe.engine.tiers import TierPlan, check_combinations, plan_tier
 from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile
 from simmoe.models.spec import ModelSpec
@@ -83,6 +84,8 @@ class Scenario:
     step_experts: tuple | None = None
     access_keys: np.ndarray | None = None
     next_use: np.ndarray | None = None
+    # the SSD tier (tiers.py): None where the profile has none; `.active` when the experts exceed host memory
+    tier: TierPlan | None = None
 
     @property
     def num_layers(self) -> int:
@@ -186,6 +189,11 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
         keys = np.fromiter((m * E + e for ex, _ in step_ex for m, lay in enumerate(ex) for e in lay),
                            dtype=np.int64)
         next_use = next_use_of(keys)
+    # the SSD tier of the whole model's experts (a GPU of several: parallel.py refuses an active one)
+    tier = plan_tier(tr.experts, L, spec, hw, hw_name, cfg, memory.expert_bytes) if share is None else None
+    if tier is not None and tier.active:
+        check_combinations(tier, placement=r.placement_cls.name if r.placement_cls else None,
+                           nested=nested is not None, chunk_mb=cfg.prefetch_chunk_mb)
     moe_of = [-1] * spec.num_layers
     for m, li in enumerate(spec.moe_layers):
         moe_of[li] = m
@@ -194,7 +202,7 @@ def prepare(trace: Trace, hw: HwProfile, pset: PolicySet | None = None, cfg: Rep
                     routing_fidelity=fidelity, nested=nested, ri=ri, online=online,
                     arrival_us=_frozen(arrival_us), steps=steps, costs=costs, memory=memory, cache=sizing,
                     cpu_layers=frozenset(cpu_layers), moe_of=tuple(moe_of), has_null=has_null,
-                    step_experts=step_ex, access_keys=_frozen(keys), next_use=_frozen(next_use))
+                    step_experts=step_ex, access_keys=_frozen(keys), next_use=_frozen(next_use), tier=tier)
     warn_suspicious(sc)  # valid but probably not what was meant: said once, the run goes on
     return sc
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from simmoe.engine.timeline import CPU, D2H, GPU, H2D, Counters, Event, HostCosts
+from simmoe.engine.timeline import CPU, D2H, GPU, H2D, NVME, Counters, Event, HostCosts
 
 
 class Op:
@@ -89,7 +89,8 @@ class SimpyTimeline:
         gpu = simpy.Resource(self.env, 1)
         h2d = simpy.Resource(self.env, 1)
         d2h = h2d if self.copy_engines < 2 else simpy.Resource(self.env, 1)
-        self._res = {GPU: gpu, H2D: h2d, D2H: d2h, CPU: simpy.Resource(self.env, 1)}
+        self._res = {GPU: gpu, H2D: h2d, D2H: d2h, CPU: simpy.Resource(self.env, 1),
+                     NVME: simpy.Resource(self.env, 1)}  # the SSD tier's reads, in issue order
         self._program: list[Op] = []
         self._last_gpu: Op | None = None
         self.h = 0.0
@@ -154,6 +155,14 @@ class SimpyTimeline:
             self.c.h2d_busy += us
         else:
             self.c.d2h_busy += us
+        return op
+
+    def read(self, us: float, after=None, blocking: bool = False, name: str = "read") -> Op:
+        """An expert read from NVMe (Timeline.read): its own in-order queue."""
+        op = Op("read", (NVME,), us, after, self.host.copy_issue_us, blocking=blocking, name=name, cat="read",
+                track=NVME)
+        self._program.append(op)
+        self.c.nvme_busy += us
         return op
 
     def cpu(self, us: float, after=None, name: str = "cpu expert") -> Op:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from simmoe.engine.planner import FETCH, LOAD, RUN, AccessPlanner
 from simmoe.engine.scenario import Scenario
 from simmoe.engine.schedule import DECODE, Step
+from simmoe.engine.tiers import READ, nvme_read_us
 from simmoe.engine.timeline import D2H, H2D, HostCosts
 
 
@@ -70,6 +71,10 @@ class StepTiming:
         rt = sc.runtime
         self.rh, self.rk, self.rx = rt.host, rt.kernels, rt.experts
         self.launch_us = tl.host.launch_us  # outside captured graphs
+        # the SSD tier (tiers.py): reads into host memory the next copy into a buffer waits for
+        self.tiered = sc.tier is not None and sc.tier.active
+        self.read_ready: dict[int, list] = {}
+        self._read_us: dict[int, float] = {}
 
     def copy_us(self, nbytes: int) -> float:
         x = self._copy_us.get(nbytes)
@@ -187,8 +192,10 @@ class StepTiming:
             self.held[buf] = True
         n = self.rx.copies_per_expert
         us = self.copy_us(nbytes) if n == 1 else self.copy_us(nbytes // n)
-        for _ in range(n):
-            done = tl.copy(us, H2D, after=free, on_compute=self.on_compute, blocking=self.blocking, name=name)
+        reads = self.read_ready.pop(buf, None) if self.read_ready else None  # the SSD tier's, piece by piece
+        for i in range(n):
+            dep = free if reads is None else tl.join(free, reads[i])
+            done = tl.copy(us, H2D, after=dep, on_compute=self.on_compute, blocking=self.blocking, name=name)
             if rh.per_copy_us:
                 tl.host_work(rh.per_copy_us, name=f"{name} copy bookkeeping" if tl.record else "")
         self.ready[buf] = done
@@ -220,6 +227,9 @@ class StepTiming:
                 name = (f"L{li} e{e} bits {have}->{need}" if need else f"L{li} e{e}") if rec else ""
                 self._load(buf, nbytes, overwrite, name)
                 continue
+            elif kind == READ:
+                self._read(op)
+                continue
             else:
                 raise ValueError(f"unknown action {op!r}")  # prefetches come apart, after the combine
             each = gpu_each.get((nt, wb))
@@ -246,6 +256,9 @@ class StepTiming:
                 _, buf, _m, e, nbytes, overwrite, _have, _need = op
                 self._load(buf, nbytes, overwrite, f"L{li} e{e}" if rec else "")
                 continue
+            if kind == READ:
+                self._read(op)
+                continue
             buf, e, nt, wb = op[1], op[3], op[4], op[5]
             if kind == LOAD:
                 deps.append(self._load(buf, op[6], True, f"L{li} e{e}" if rec else ""))
@@ -269,6 +282,9 @@ class StepTiming:
         ready, last = self.ready, self.last
         chunk_mb = self.chunk_mb
         for op in pre:
+            if op[0] == READ:  # a prefetch on a copy stream of its own reads without the host waiting too
+                self._read(op, self.blocking if self.rx.prefetch_stream == "copy" else False)
+                continue
             _, buf, layer, e, nbytes = op
             name = f"prefetch L{layer} e{e}" if rec else ""
             if chunk_mb is None and self.rx.prefetch_stream == "copy":  # as a demand copy goes
@@ -289,6 +305,33 @@ class StepTiming:
                 n = max(math.ceil(nbytes / (chunk_mb * 2**20)), 1)
                 us = n * self.sc.costs.h2d_us(nbytes / n)
                 ready[buf] = tl.copy(us, H2D, after=free, name=name, preemptible=True, chunks=n)
+
+    def read_us(self, nbytes: int) -> float:
+        x = self._read_us.get(nbytes)
+        if x is None:
+            x = self._read_us[nbytes] = nvme_read_us(nbytes, self.sc.hw.nvme)
+        return x
+
+    def _read(self, op: tuple, blocking: bool | None = None) -> None:
+        """The SSD tier's READ: into host memory (the buffer's next copy waits for it; with a copy unit of n
+        pieces, n reads that the n copies follow one by one: a pipeline), or, direct (GPUDirect Storage), into
+        the GPU buffer itself once the kernels reading its old contents are done (no H2D copy)."""
+        _, buf, m, e, nbytes, direct = op
+        tl = self.tl
+        name = f"read M{m} e{e}" if tl.record else ""
+        if direct:  # cuFile's asynchronous read: the host does not wait
+            free = self.last[buf]
+            if free is None:
+                free = self.ready[buf]
+            self.last[buf] = None
+            self.held[buf] = True
+            self.ready[buf] = tl.read(self.read_us(nbytes), after=free, name=name)
+            return
+        n = self.rx.copies_per_expert
+        us = self.read_us(nbytes) if n == 1 else self.read_us(nbytes // n)
+        # pageable host memory is the page cache (mmap): the copy faults the pages in on the host thread
+        blocking = self.blocking if blocking is None else blocking
+        self.read_ready[buf] = [tl.read(us, blocking=blocking, name=name) for _ in range(n)]
 
     def _cpu_experts(self, jobs: list[tuple[int, int]], after, li: int):
         """kTransformers-style: one D2H of the layer's activations, the CPU computes its experts in turn,

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 GPU, H2D, D2H, CPU = "gpu", "h2d", "d2h", "cpu"
+NVME = "nvme"  # the SSD tier's reads (tiers.py)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Counters:
     stall_copy: float = 0.0  # GPU compute idle waiting for an expert copy
     stall_dispatch: float = 0.0  # GPU compute idle waiting for the host to launch work
     stall_cpu: float = 0.0  # GPU compute idle waiting for CPU-computed experts
+    nvme_busy: float = 0.0  # the SSD reading experts (tiers.py)
 
     def reset(self) -> None:
         for k in self.__dataclass_fields__:
@@ -74,6 +76,7 @@ class Timeline:
     h2d_free: float = 0.0
     d2h_free: float = 0.0
     cpu_free: float = 0.0
+    nvme_free: float = 0.0  # the SSD's read queue (tiers.py)
     c: Counters = field(default_factory=Counters)
     events: list[Event] = field(default_factory=list)
 
@@ -93,7 +96,7 @@ class Timeline:
 
     def idle_at(self) -> float:
         """Time at which every queue has drained."""
-        return max(self.h, self.gpu_free, self.h2d_free, self.d2h_free, self.cpu_free)
+        return max(self.h, self.gpu_free, self.h2d_free, self.d2h_free, self.cpu_free, self.nvme_free)
 
     # ---- host-only work ----------------------------------------------------------------------------------
     def host_work(self, us: float, name: str = "host") -> None:
@@ -190,6 +193,24 @@ class Timeline:
         if self.record:
             self.events.append(Event(direction, name, "copy", start, end,
                                      {"us": us, "on_compute_stream": on_compute, "blocking": blocking}))
+        return end
+
+    # ---- SSD reads (tiers.py) ----------------------------------------------------------------------------
+    def read(self, us: float, after: float | None = None, blocking: bool = False, name: str = "read") -> float:
+        """An expert read from NVMe: the host issues it (a copy's issue cost), the SSD serves reads in issue
+        order (one read keeps `queue_depth` requests in flight: tiers.nvme_read_us). `blocking`: the host
+        waits for it (a page-cache fault taken on the host thread)."""
+        self.h += self.host.copy_issue_us
+        start = self.h if self.h > self.nvme_free else self.nvme_free
+        if after is not None and after > start:
+            start = after
+        end = start + us
+        self.nvme_free = end
+        self.c.nvme_busy += us
+        if blocking:
+            self.h = end
+        if self.record:
+            self.events.append(Event(NVME, name, "read", start, end, {"us": us, "blocking": blocking}))
         return end
 
     # ---- CPU worker --------------------------------------------------------------------------------------
@@ -347,7 +368,7 @@ class ChunkedTimeline(Timeline):
         t = self.h2d_free
         for p in self._pq:
             t = max(t, p.ready) + p.rem * p.chunk
-        return max(self.h, self.gpu_free, t, self.d2h_free, self.cpu_free)
+        return max(self.h, self.gpu_free, t, self.d2h_free, self.cpu_free, self.nvme_free)
 
     def join(self, *handles):
         return super().join(*(self._res(x) for x in handles))
@@ -361,6 +382,9 @@ class ChunkedTimeline(Timeline):
 
     def cpu(self, us: float, after=None, name: str = "cpu expert") -> float:
         return super().cpu(us, self._res(after), name)
+
+    def read(self, us: float, after=None, blocking: bool = False, name: str = "read") -> float:
+        return super().read(us, self._res(after), blocking, name)
 
     def copy(self, us: float, direction: str = H2D, after=None, on_compute: bool = False, blocking: bool = False,
              name: str = "copy", preemptible: bool = False, chunks: int = 1):

@@ -136,8 +136,20 @@ class CpuSpec(_Strict):
 
 
 class NvmeSpec(_Strict):
-    read_gbps: Pos
-    latency_us: NonNeg = 80.0
+    """The SSD that holds the model's files: read when experts do not fit host memory (sim/engine/tiers.py,
+    docs/tiers.md). A read of n bytes is split into requests of `request_kib`, `queue_depth` of them in flight:
+    per request latency_us + request / read_gbps, throughput min(read_gbps, queue_depth x request / that)."""
+
+    read_gbps: Pos  # sustained sequential read bandwidth of the drive
+    latency_us: NonNeg = 80.0  # service time of one small (4 KiB) read at queue depth 1, minus its transfer
+    # requests the reader keeps in flight, and their size. Defaults: 128 KiB at QD32, the conditions under
+    # which consumer NVMe sequential-read figures are measured (KitGuru's "128KB Sequential" at QD32, e.g. its
+    # Samsung 970 EVO review), so a large read reaches read_gbps
+    queue_depth: int = Field(32, ge=1, le=65535)
+    request_kib: Pos = 128.0
+    # GPUDirect Storage: an expert missing from host memory is read straight into GPU memory (cuFile), not
+    # through a host buffer and an H2D copy
+    gpudirect: bool = False
 
 
 class KernelTable(_Strict):
