@@ -401,3 +401,16 @@ def test_serving_run_on_two_gpus():
     res = run(tr, TWO, arrivals="poisson", rate=50.0, batch=2, parallel="expert")
     assert res.summary["requests"] == 4 and res.summary["e2e_ms"]["mean"] > 0
     assert sum(d["accesses"] for d in res.summary["parallel"]["devices"]) == res.summary["accesses"]
+
+
+def test_timeline_names_no_empty_single_gpu_tracks(tmp_path):
+    """Several GPUs: each GPU's queues are named; the single GPU's track names (unused) are not."""
+    tl = tmp_path / "t.json"
+    main(["replay", "traces/mixtral-8x7b-synth.npz", "--hw", "2x-rtx3090", "--parallel", "pipeline",
+          "--max-requests", "1", "--timeline", str(tl), "--timeline-steps", "0:2", "-q"])
+    events = json.loads(tl.read_text())["traceEvents"]
+    names = {e["args"]["name"]: e["tid"] for e in events if e.get("name") == "thread_name"}
+    busy = {e["tid"] for e in events if e.get("ph") == "X"}
+    assert not {"GPU compute stream", "H2D copy engine", "D2H copy engine"} & set(names)
+    assert {"GPU 0 compute stream", "GPU 1 compute stream"} <= set(names)
+    assert names["GPU 1 compute stream"] in busy

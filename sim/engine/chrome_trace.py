@@ -75,7 +75,12 @@ def trace_events(events, steps: pd.DataFrame, title: str, expert_bytes: int,
                        "args": {"tokens": int(row.tokens), "hits": int(row.hits), "misses": int(row.misses)}})
             cs.append(_occupancy(end, row))
             cs.append(_mem(end, row, expert_bytes, memory))
-    used = sorted(set(names))  # every known resource is named, used or not, so tracks are stable across runs
+    # every known resource is named, used or not, so tracks are stable across runs; a run with several GPUs has
+    # a compute stream and copy engines per GPU instead of the single GPU's (then unused: not shown, not named)
+    busy = {d["tid"] for d in xs}
+    per_gpu = any(str(n).startswith("GPU ") for n in names.values())
+    single = {TRACKS[k][0] for k in ("gpu", "h2d", "d2h")}
+    used = sorted(t for t in names if not (per_gpu and t in single and t not in busy))
     out: list[dict] = [{"ph": "M", "pid": PID, "tid": 0, "name": "process_name", "args": {"name": title}}]
     for tid in used:
         out.append({"ph": "M", "pid": PID, "tid": tid, "name": "thread_name", "args": {"name": names[tid]}})
