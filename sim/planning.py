@@ -22,6 +22,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from simmoe.engine.results import LATENCY_KEYS, PERCENTILES, metric_keys
-from simmoe.errors import InputError
+from simmoe.errors import InputError, SimmoeWarning
 
 GIB = 2**30
 SIZE_OPTIONS = ("slots_per_layer", "cache_gb")  # cache options that only size the cache
@@ -243,15 +244,19 @@ def _effective(row: dict[str, Any]) -> tuple[tuple, str] | None:
         pset, runtime, fields = replay_args(row)
         cfg = ReplayConfig(**fields)
         args = (trace_at(str(row["trace"])), load_profile(row["hw"]), pset, cfg, str(row["hw"]), runtime)
-        if cfg.parallel != "none":  # several GPUs: each has its own memory plan and cache
-            from simmoe.engine.parallel import prepare_parallel
+        # a batch above the requests or a cache above the experts is what merging reports (the configuration
+        # is listed as merged): no warning from this look-ahead; the runs themselves still warn
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SimmoeWarning)
+            if cfg.parallel != "none":  # several GPUs: each has its own memory plan and cache
+                from simmoe.engine.parallel import prepare_parallel
 
-            ps = prepare_parallel(*args)
-            parts = ps.devices
-            sc = ps.driver
-        else:
-            sc = prepare(*args)
-            parts = (sc,)
+                ps = prepare_parallel(*args)
+                parts = ps.devices
+                sc = ps.driver
+            else:
+                sc = prepare(*args)
+                parts = (sc,)
     except InputError:
         return None
     r = parts[0].policies

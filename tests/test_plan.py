@@ -293,6 +293,7 @@ def test_identical_runs_are_merged_and_are_identical(tmp_path):
                    "lru,ondemand", "--slots", "2,8,auto", "--batch", "1,4", "--workers", "1")
     assert res.returncode == 0, res.stderr
     assert "8 configurations, 3 distinct runs; replays: 3 run, 0 reused" in res.stdout
+    assert "warning" not in res.stderr  # batch 4 > 1 request, said as a merge rather than a warning
     assert "merged (the same run, reported once): 5 configurations" in res.stdout
     assert "rtx3090 lru 2/layer b4  =  rtx3090 lru 2/layer b1   (1 request (effective batch 1), cache 2 slots " \
            "per layer)" in res.stdout
