@@ -88,14 +88,14 @@ def parse_slo(text: str, source: str = "slos") -> Slo:
     return Slo(name, metric, "<=" if op in ("=", "<=") else ">=", limit)
 
 
-def known_metrics(per_request_slo: bool = False) -> list[str]:
+def known_metrics(per_request_slo: bool = False, tier: bool = True) -> list[str]:
     """SLO metric names as the sweep table spells them (a summary key that is also a parameter name, such
     as `requests`, is `summary.requests` there). `per_request_slo`: the runs set slo_ttft_ms/slo_tpot_ms,
-    so slo_attainment and goodput exist."""
+    so slo_attainment and goodput exist; `tier`: with the SSD tier's metrics (host_tier.*)."""
     from simmoe.sweeps.spec import param_names
 
     reserved = set(param_names())
-    return [f"summary.{k}" if k.partition(".")[0] in reserved else k for k in metric_keys(per_request_slo)]
+    return [f"summary.{k}" if k.partition(".")[0] in reserved else k for k in metric_keys(per_request_slo, tier)]
 
 
 def check_slos(slos: Sequence[str | Slo] | str | Slo, *, per_request_slo: bool = False,

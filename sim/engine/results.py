@@ -40,24 +40,36 @@ SLO_LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("slo", ("ttft_ms", "tpot_ms")), ("slo_attainment", ()), ("goodput_requests_per_s", ()),
     ("goodput_tokens_per_s", ()),
 )
+# present (last) when the hardware profile has an SSD tier (sim/engine/tiers.py), used or not
+TIER_LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("host_tier", ("active", "host_memory_gib", "host_memory_rule", "host_capacity_experts", "experts", "policy",
+                   "placement", "placement_reads_future", "gpudirect", "expert_read_ms", "host_hits",
+                   "host_misses", "host_hit_rate", "host_evictions", "nvme_reads", "nvme_bytes", "nvme_busy",
+                   "host_occupancy", "host_peak_occupancy")),
+)
 # keys that describe the run rather than measure it (not SLO metrics); wall_s is the simulator's own time
 DESCRIPTIVE_KEYS = frozenset({"trace", "model", "hw", "runtime", "policy", "engine", "batch", "host_memory",
                               "copy_stream", "prefetch_chunk_mb", "arrivals", "rate", "slo.ttft_ms", "slo.tpot_ms",
-                              "wall_s"})
+                              "wall_s", "host_tier.active", "host_tier.host_memory_rule", "host_tier.policy",
+                              "host_tier.placement", "host_tier.placement_reads_future", "host_tier.gpudirect"})
 
 
-def summary_keys(slo: bool = False) -> tuple[str, ...]:
-    """The flattened keys (`tpot_ms.p95`) of Result.summary; `slo`: a run with slo_ttft_ms / slo_tpot_ms."""
+def summary_keys(slo: bool = False, tier: bool = False) -> tuple[str, ...]:
+    """The flattened keys (`tpot_ms.p95`) of Result.summary; `slo`: a run with slo_ttft_ms / slo_tpot_ms;
+    `tier`: a profile with an SSD tier."""
     layout = list(SUMMARY_LAYOUT)
     if slo:
         at = [k for k, _ in layout].index("e2e_ms") + 1
         layout[at:at] = SLO_LAYOUT
+    if tier:
+        layout += TIER_LAYOUT
     return tuple(f"{k}.{s}" if s else k for k, subs in layout for s in (subs or ("",)))
 
 
-def metric_keys(slo: bool = False) -> tuple[str, ...]:
-    """The summary keys that measure a run (what an SLO may bound)."""
-    return tuple(k for k in summary_keys(slo) if k not in DESCRIPTIVE_KEYS)
+def metric_keys(slo: bool = False, tier: bool = True) -> tuple[str, ...]:
+    """The summary keys that measure a run (what an SLO may bound); the SSD tier's are there for profiles
+    that have one (elsewhere an SLO on them has no value and is not met)."""
+    return tuple(k for k in summary_keys(slo, tier) if k not in DESCRIPTIVE_KEYS)
 
 
 STEP_COLUMNS = (
