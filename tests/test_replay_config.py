@@ -24,9 +24,12 @@ def test_window_text_or_pair(given, want):
     ((True, 3), "--timeline-steps: must be an integer, got a boolean (true)"),
 ])
 def test_bad_windows_are_one_line(given, message):
+    from simmoe.cli.params import flag_of
+
     with pytest.raises(InputError) as e:
         ReplayConfig(timeline_steps=given)
-    assert e.value.line() == message
+    assert e.value.line(flag_of) == message  # as the CLI prints it
+    assert e.value.line() == message.replace("--timeline-steps", "timeline_steps")  # as Python names it
 
 
 def test_cli_passes_the_text_to_the_model(tmp_path):
