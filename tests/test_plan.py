@@ -190,7 +190,7 @@ def toy(tmp_path):
     ({"slos": []}, "slos: give at least one SLO"),
     ({"hws": ["rtx9999"]}, "hws: "),
     ({"policies": ["lruu"]}, "unknown policy 'lruu'"),
-    ({"batches": [0]}, "--batch"),
+    ({"batches": [0]}, "batch: must be >= 1"),
     ({"slots": [-1]}, "slots: cache sizes"),
     ({"runtimes": ["nope"]}, "runtimes: "),
     ({"seeds": 0, "rate": 1.0}, "seeds: must be an integer >= 1"),

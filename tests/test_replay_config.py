@@ -1,9 +1,11 @@
-"""ReplayConfig checks --timeline-steps itself (text or pair), with the one-line messages the CLI prints."""
+"""ReplayConfig checks timeline_steps itself (text or pair), with the one-line messages the CLI prints (naming
+--timeline-steps) and Python shows (naming timeline_steps)."""
 
 from __future__ import annotations
 
 import pytest
 
+from simmoe.cli.params import flag_of
 from simmoe.engine.config import ReplayConfig
 from simmoe.errors import InputError
 from tests.conftest import REPO, assert_clean_error, run_main
@@ -26,7 +28,8 @@ def test_window_text_or_pair(given, want):
 def test_bad_windows_are_one_line(given, message):
     with pytest.raises(InputError) as e:
         ReplayConfig(timeline_steps=given)
-    assert e.value.line() == message
+    assert e.value.line(flag_of) == message  # the CLI's line
+    assert str(e.value) == message.replace("--timeline-steps", "timeline_steps")  # Python names the parameter
 
 
 def test_cli_passes_the_text_to_the_model(tmp_path):
