@@ -1,9 +1,11 @@
-"""ReplayConfig checks --timeline-steps itself (text or pair), with the one-line messages the CLI prints."""
+"""ReplayConfig checks timeline_steps itself (text or pair), with the one-line messages the CLI prints (naming
+--timeline-steps) and Python shows (naming timeline_steps)."""
 
 from __future__ import annotations
 
 import pytest
 
+from simmoe.cli.params import flag_of
 from simmoe.engine.config import ReplayConfig
 from simmoe.errors import InputError
 from tests.conftest import REPO, assert_clean_error, run_main
@@ -24,7 +26,6 @@ def test_window_text_or_pair(given, want):
     ((True, 3), "--timeline-steps: must be an integer, got a boolean (true)"),
 ])
 def test_bad_windows_are_one_line(given, message):
-    from simmoe.cli.params import flag_of
 
     with pytest.raises(InputError) as e:
         ReplayConfig(timeline_steps=given)

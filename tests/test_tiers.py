@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simmoe.cli.main import main
+from simmoe.cli.params import flag_of
 from simmoe.engine.config import ReplayConfig
 from simmoe.engine.replay import Replay
 from simmoe.engine.scenario import prepare
@@ -125,8 +126,15 @@ def test_all_experts_fit_host_memory_changes_nothing():
     (dict(host_placement="popular"), "--host-placement"),
 ])
 def test_tier_settings_without_an_ssd_are_errors(cfg, field):
-    with pytest.raises(InputError, match=field):
+    with pytest.raises(InputError) as e:
         prepare(toy(), load_profile("t4"), PolicySet("lru", {"slots_per_layer": 2}), ReplayConfig(**cfg))
+    _names(e.value, field)
+
+
+def _names(e: InputError, flag: str) -> None:
+    """Python names the parameter (host_policy: ...), the command line its flag (--host-policy: ...)."""
+    assert str(e).startswith(flag.removeprefix("--").replace("-", "_") + ": "), str(e)
+    assert e.line(flag_of).startswith(flag + ": "), e.line(flag_of)
 
 
 @pytest.mark.parametrize("pset, cfg, needle", [
@@ -137,8 +145,9 @@ def test_tier_settings_without_an_ssd_are_errors(cfg, field):
      "--prefetch-chunk-mb"),
 ])
 def test_what_the_tier_does_not_model_is_an_error(pset, cfg, needle):
-    with pytest.raises(InputError, match=needle):
+    with pytest.raises(InputError) as e:
         prepare(toy(), RTX3090, pset, ReplayConfig(host_memory_gib=0.05, **cfg))
+    _names(e.value, needle)
 
 
 # ---- timing ---------------------------------------------------------------------------------------------------------
@@ -415,10 +424,12 @@ def test_several_gpus_refuse_the_ssd_tier():
     hw = load_profile("2x-rtx3090")  # 128 GiB of host memory and an nvme: section
     tr = read_trace(MIXTRAL).select(requests=[0])
     ps = PolicySet("lru", {"slots_per_layer": 1})
-    with pytest.raises(InputError, match="--host-memory-gib"):
+    with pytest.raises(InputError) as e:
         Replay(tr, hw, ps, ReplayConfig(parallel="pipeline", host_memory_gib=16)).run()
+    _names(e.value, "--host-memory-gib")
     small = hw.model_copy(update={"cpu": hw.cpu.model_copy(update={"memory_gib": 32})})
-    with pytest.raises(InputError, match="--parallel"):
+    with pytest.raises(InputError) as e:
         Replay(tr, small, ps, ReplayConfig(parallel="expert")).run()
+    _names(e.value, "--parallel")
     res = Replay(tr, hw, ps, ReplayConfig(parallel="pipeline")).run()  # every expert fits: runs as before
     assert res.summary["parallel"]["devices"] and "host_tier" not in res.summary

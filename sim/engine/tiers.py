@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from simmoe.engine.config import ReplayConfig
-from simmoe.errors import InputError
+from simmoe.errors import InputError, param_ref
 from simmoe.hw.profile import HwProfile, NvmeSpec
 from simmoe.models.spec import ModelSpec
 from simmoe.policies.base import CacheContext, CachePolicy, SystemPolicy, parse_options
@@ -85,12 +85,12 @@ def plan_tier(trace_experts: np.ndarray, num_layers: int, spec: ModelSpec, hw: H
     """The SSD tier of a run, or None where the profile has none (no nvme: section, or a device whose experts
     are never copied). Raises InputError for a tier setting that cannot have an effect."""
     given = [f for f in TIER_FLAGS if getattr(cfg, f) is not None]
-    flag = "--" + given[0].replace("_", "-") if given else None
     if hw.nvme is None or hw.gpu.unified_memory or hw.gpu.executes_on_host:
-        if flag:
+        if given:
             why = "has no nvme: section" if hw.nvme is None else \
                 "is a device that reads experts in place (unified memory or the host's own cores)"
-            raise InputError(flag, None, f"the profile {hw_name} {why}: there is no SSD tier to configure")
+            raise InputError(None, None, f"the profile {hw_name} {why}: there is no SSD tier to configure",
+                             param=given[0])
         return None
     if cfg.host_memory_gib is not None:
         host_bytes = int(cfg.host_memory_gib * GIB)
@@ -103,11 +103,12 @@ def plan_tier(trace_experts: np.ndarray, num_layers: int, spec: ModelSpec, hw: H
     capacity = host_bytes // expert_bytes
     total = num_layers * spec.num_experts
     policy = cfg.host_policy or "lru"
-    cls = get_policy(policy, "cache", source="--host-policy")
+    cls = get_policy(policy, "cache", param="host_policy")
     if issubclass(cls, SystemPolicy) or cls.reads_future or cls.fixed_capacity is not None \
             or cls.claims_misses or any(cls.overrides(h) for h in ("on_routing", "on_step", "bind_routing")):
-        raise InputError("--host-policy", None, f"{policy!r} is not a plain cache policy (the host tier sees "
-                         "only expert keys: no routing, rows, oracle or fixed size); e.g. lru, fifo, lfu")
+        raise InputError(None, None, f"{policy!r} is not a plain cache policy (the host tier sees "
+                         "only expert keys: no routing, rows, oracle or fixed size); e.g. lru, fifo, lfu",
+                         param="host_policy")
     opts = parse_options(cls.Options, {}, cls.name)
     capacity = min(capacity, total)
     placement = cfg.host_placement or "none"
@@ -130,14 +131,15 @@ def plan_tier(trace_experts: np.ndarray, num_layers: int, spec: ModelSpec, hw: H
 def check_combinations(plan: TierPlan, *, placement: str | None, nested: bool, chunk_mb: float | None) -> None:
     """What an active tier does not model (one line each)."""
     if placement is not None:
-        raise InputError("--placement", None, f"the placement policy {placement!r} computes experts on the CPU: "
-                         "CPU experts with the SSD tier (experts not all in host memory) are not modelled")
+        raise InputError(None, None, f"the placement policy {placement!r} computes experts on the CPU: "
+                         "CPU experts with the SSD tier (experts not all in host memory) are not modelled",
+                         param="placement")
     if nested:
-        raise InputError("--precision", None, "per-access bit-widths (nested precision) are not modelled with "
-                         "the SSD tier")
+        raise InputError(None, None, "per-access bit-widths (nested precision) are not modelled with "
+                         "the SSD tier", param="precision")
     if chunk_mb is not None:
-        raise InputError("--prefetch-chunk-mb", None, "preemptible chunked prefetches are not modelled with the "
-                         "SSD tier")
+        raise InputError(None, None, "preemptible chunked prefetches are not modelled with the "
+                         "SSD tier", param="prefetch_chunk_mb")
 
 
 def check_parallel(trace_experts: np.ndarray, num_layers: int, spec: ModelSpec, hw: HwProfile, hw_name: str,
@@ -146,12 +148,12 @@ def check_parallel(trace_experts: np.ndarray, num_layers: int, spec: ModelSpec, 
     whose experts exceed host memory, are input errors there (not a tier silently left out)."""
     given = [f for f in TIER_FLAGS if getattr(cfg, f) is not None]
     if given:
-        raise InputError("--" + given[0].replace("_", "-"), None, f"the SSD tier is not modelled with --parallel "
-                         f"{cfg.parallel} (several GPUs)")
+        raise InputError(None, None, f"the SSD tier is not modelled with {param_ref('parallel')} "
+                         f"{cfg.parallel} (several GPUs)", param=given[0])
     tier = plan_tier(trace_experts, num_layers, spec, hw, hw_name, cfg, expert_bytes)
     if tier is not None and tier.active:
-        raise InputError("--parallel", None, f"the experts ({tier.total_experts}) exceed host memory ({tier.capacity}: "
-                         f"{tier.rule}): the SSD tier is not modelled with several GPUs")
+        raise InputError(None, None, f"the experts ({tier.total_experts}) exceed host memory ({tier.capacity}: "
+                         f"{tier.rule}): the SSD tier is not modelled with several GPUs", param="parallel")
 
 
 class HostTier:
