@@ -180,7 +180,7 @@ TIER_CONFIGS = [
     dict(policy=PolicySet("lru", {"slots_per_layer": 2})),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}), cfg=dict(host_memory="pageable")),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}), cfg=dict(copy_stream="compute", host_policy="fifo")),
-    dict(policy=PolicySet("lru", {"scope": "global", "cache_gb": 0.1}), cfg=dict(batch=3, host_placement="popular")),
+    dict(policy=PolicySet("lru", {"scope": "global", "cache_gb": 0.1}), cfg=dict(batch=2, host_placement="popular")),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}), gpudirect=True),
     dict(policy=PolicySet("ondemand"), cfg=dict(host_placement="first")),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}, prefetch="next-layer", prefetch_options={"accuracy": 0.6})),
@@ -241,7 +241,7 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 @SETTINGS
 @given(seed=st.integers(0, 10_000), layers=st.integers(1, 4), experts=st.integers(2, 10), k=st.integers(1, 3),
-       slots=st.integers(0, 3), host_experts=st.integers(0, 30), batch=st.integers(1, 3),
+       slots=st.integers(0, 3), host_experts=st.integers(0, 30), batch=st.integers(1, 2),
        policy=st.sampled_from(["lru", "fifo", "lfu"]), placement=st.sampled_from(["none", "first", "popular"]),
        gpudirect=st.booleans(), prefetch=st.booleans())
 def test_tier_invariants(seed, layers, experts, k, slots, host_experts, batch, policy, placement, gpudirect,
