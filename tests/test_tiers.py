@@ -117,6 +117,20 @@ def test_all_experts_fit_host_memory_changes_nothing():
     assert not t["active"] and t["nvme_bytes"] == 0 and t["host_misses"] == 0
     assert "SSD tier" not in tiered.format()
     assert "host_tier" not in plain.summary
+    # without a tier setting, a run that never touches the SSD has the summary it had before the tier existed
+    untouched = Replay(tr, RTX3090, ps).run()
+    assert "host_tier" not in untouched.summary and untouched.steps.equals(plain.steps)
+
+
+def test_summary_keys_with_the_tier():
+    from simmoe.engine.results import summary_keys
+    from simmoe.sweeps.store import flatten
+
+    ps = PolicySet("lru", {"slots_per_layer": 2})
+    used = Replay(toy(), RTX3090, ps, ReplayConfig(host_memory_gib=0.05)).run()
+    unused = Replay(toy(), RTX3090, ps, ReplayConfig(host_memory_gib=64)).run()
+    for res in (used, unused):
+        assert list(flatten(res.summary)) == list(summary_keys(tier=True))
 
 
 @pytest.mark.parametrize("cfg, field", [

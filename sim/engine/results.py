@@ -15,6 +15,7 @@ from simmoe.engine.memory import MemoryPlan
 from simmoe.engine.planner import PlanCounts
 from simmoe.engine.result_views import ResultViews
 from simmoe.engine.schedule import DECODE, RowIndex
+from simmoe.engine.tiers import SUMMARY_KEYS as TIER_SUMMARY_KEYS
 from simmoe.engine.timeline import Counters
 
 # Every latency distribution in a summary is {mean, p50, p90, p95, p99} in ms.
@@ -46,12 +47,15 @@ DESCRIPTIVE_KEYS = frozenset({"trace", "model", "hw", "runtime", "policy", "engi
                               "wall_s"})
 
 
-def summary_keys(slo: bool = False) -> tuple[str, ...]:
-    """The flattened keys (`tpot_ms.p95`) of Result.summary; `slo`: a run with slo_ttft_ms / slo_tpot_ms."""
+def summary_keys(slo: bool = False, tier: bool = False) -> tuple[str, ...]:
+    """The flattened keys (`tpot_ms.p95`) of Result.summary; `slo`: a run with slo_ttft_ms / slo_tpot_ms;
+    `tier`: a run whose summary has the SSD tier's `host_tier` block (tiers.tier_summary), last."""
     layout = list(SUMMARY_LAYOUT)
     if slo:
         at = [k for k, _ in layout].index("e2e_ms") + 1
         layout[at:at] = SLO_LAYOUT
+    if tier:
+        layout.append(("host_tier", TIER_SUMMARY_KEYS))
     return tuple(f"{k}.{s}" if s else k for k, subs in layout for s in (subs or ("",)))
 
 
