@@ -118,6 +118,20 @@ def test_all_experts_fit_host_memory_changes_nothing():
     assert not t["active"] and t["nvme_bytes"] == 0 and t["host_misses"] == 0
     assert "SSD tier" not in tiered.format()
     assert "host_tier" not in plain.summary
+    # without a tier setting, a run that never touches the SSD has the summary it had before the tier existed
+    untouched = Replay(tr, RTX3090, ps).run()
+    assert "host_tier" not in untouched.summary and untouched.steps.equals(plain.steps)
+
+
+def test_summary_keys_with_the_tier():
+    from simmoe.engine.results import summary_keys
+    from simmoe.sweeps.store import flatten
+
+    ps = PolicySet("lru", {"slots_per_layer": 2})
+    used = Replay(toy(), RTX3090, ps, ReplayConfig(host_memory_gib=0.05)).run()
+    unused = Replay(toy(), RTX3090, ps, ReplayConfig(host_memory_gib=64)).run()
+    for res in (used, unused):
+        assert list(flatten(res.summary)) == list(summary_keys(tier=True))
 
 
 @pytest.mark.parametrize("cfg, field", [
@@ -189,7 +203,7 @@ TIER_CONFIGS = [
     dict(policy=PolicySet("lru", {"slots_per_layer": 2})),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}), cfg=dict(host_memory="pageable")),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}), cfg=dict(copy_stream="compute", host_policy="fifo")),
-    dict(policy=PolicySet("lru", {"scope": "global", "cache_gb": 0.1}), cfg=dict(batch=3, host_placement="popular")),
+    dict(policy=PolicySet("lru", {"scope": "global", "cache_gb": 0.1}), cfg=dict(batch=2, host_placement="popular")),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}), gpudirect=True),
     dict(policy=PolicySet("ondemand"), cfg=dict(host_placement="first")),
     dict(policy=PolicySet("lru", {"slots_per_layer": 2}, prefetch="next-layer", prefetch_options={"accuracy": 0.6})),
@@ -250,7 +264,7 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 @SETTINGS
 @given(seed=st.integers(0, 10_000), layers=st.integers(1, 4), experts=st.integers(2, 10), k=st.integers(1, 3),
-       slots=st.integers(0, 3), host_experts=st.integers(0, 30), batch=st.integers(1, 3),
+       slots=st.integers(0, 3), host_experts=st.integers(0, 30), batch=st.integers(1, 2),
        policy=st.sampled_from(["lru", "fifo", "lfu"]), placement=st.sampled_from(["none", "first", "popular"]),
        gpudirect=st.booleans(), prefetch=st.booleans())
 def test_tier_invariants(seed, layers, experts, k, slots, host_experts, batch, policy, placement, gpudirect,

@@ -24,7 +24,7 @@ from simmoe.engine.scenario import Scenario, prepare
 from simmoe.engine.schedule import Idle, Step, online_schedule
 from simmoe.engine.simpy_timeline import SimpyTimeline
 from simmoe.engine.step_timing import StepTiming, host_costs
-from simmoe.engine.tiers import inactive_summary
+from simmoe.engine.tiers import tier_summary
 from simmoe.engine.timeline import ChunkedTimeline, HostDeviceTimeline, Timeline
 from simmoe.errors import InputError
 from simmoe.hw.profile import HwProfile, load_profile
@@ -97,7 +97,7 @@ def play(sc: Scenario | parallel.ParallelScenario, progress: bool = False, wall0
                     memory=sc.memory, counts=planner.c, log=log, events=list(getattr(tl, "events", [])),
                     provenance=run_provenance(sc.trace.source, hw, sc.hw_name, sc.runtime, sc.runtime.name,
                                               sc.policies.pset, sc.policies.pset.describe(), cfg),
-                    tier=_tier_summary(sc, planner))
+                    tier=tier_summary(sc.tier, sc.cfg, planner.tier))
     logger.debug(f"replay done: {planner.c.hits} hits, {planner.c.misses} misses in "
                  f"{time.perf_counter() - wall0:.2f} s of wall time")
     result = Result.build(rec, wall_s=time.perf_counter() - wall0)
@@ -122,8 +122,8 @@ def _play_parallel(ps: parallel.ParallelScenario, progress: bool, wall0: float) 
                     events=parallel.timeline_events(tl.events) if ps.n > 1 else list(tl.events),
                     provenance=run_provenance(sc.trace.source, ps.hw, ps.hw_name, d0.runtime, d0.runtime.name,
                                               d0.policies.pset, d0.policies.pset.describe(), ps.cfg),
-                    # one GPU reports the SSD tier as the single-GPU engine does (an active one is refused)
-                    tier=inactive_summary(d0.tier) if d0.tier is not None else None)
+                    # as the single-GPU engine reports it (an active tier and tier settings are refused)
+                    tier=tier_summary(d0.tier, ps.cfg, None))
     res = Result.build(rec, wall_s=time.perf_counter() - wall0)
     res.timeline_steps = ps.cfg.timeline_steps  # what `events` holds (Result.write_timeline)
     if ps.n > 1:  # one GPU: the single-GPU summary exactly
@@ -181,15 +181,6 @@ def _driver(env: simpy.Environment, sc: Scenario, planner: AccessPlanner, timing
     if bar is not None:
         bar.update(n - bar.n)
         bar.close()
-
-
-def _tier_summary(sc: Scenario, planner: AccessPlanner) -> dict | None:
-    """The SSD tier's summary (busy fraction filled in by Result.build), or None without a tier."""
-    if sc.tier is None:
-        return None
-    if planner.tier is None:
-        return inactive_summary(sc.tier)
-    return planner.tier.summary(0.0)
 
 
 def steps_of(env: simpy.Environment, sc: Scenario):

@@ -15,6 +15,7 @@ from simmoe.engine.memory import MemoryPlan
 from simmoe.engine.planner import PlanCounts
 from simmoe.engine.result_views import ResultViews
 from simmoe.engine.schedule import DECODE, RowIndex
+from simmoe.engine.tiers import SUMMARY_KEYS as TIER_SUMMARY_KEYS
 from simmoe.engine.timeline import Counters
 
 # Every latency distribution in a summary is {mean, p50, p90, p95, p99} in ms.
@@ -40,13 +41,6 @@ SLO_LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("slo", ("ttft_ms", "tpot_ms")), ("slo_attainment", ()), ("goodput_requests_per_s", ()),
     ("goodput_tokens_per_s", ()),
 )
-# present (last) when the hardware profile has an SSD tier (sim/engine/tiers.py), used or not
-TIER_LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("host_tier", ("active", "host_memory_gib", "host_memory_rule", "host_capacity_experts", "experts", "policy",
-                   "placement", "placement_reads_future", "gpudirect", "expert_read_ms", "host_hits",
-                   "host_misses", "host_hit_rate", "host_evictions", "nvme_reads", "nvme_bytes", "nvme_busy",
-                   "host_occupancy", "host_peak_occupancy")),
-)
 # keys that describe the run rather than measure it (not SLO metrics); wall_s is the simulator's own time
 DESCRIPTIVE_KEYS = frozenset({"trace", "model", "hw", "runtime", "policy", "engine", "batch", "host_memory",
                               "copy_stream", "prefetch_chunk_mb", "arrivals", "rate", "slo.ttft_ms", "slo.tpot_ms",
@@ -56,13 +50,13 @@ DESCRIPTIVE_KEYS = frozenset({"trace", "model", "hw", "runtime", "policy", "engi
 
 def summary_keys(slo: bool = False, tier: bool = False) -> tuple[str, ...]:
     """The flattened keys (`tpot_ms.p95`) of Result.summary; `slo`: a run with slo_ttft_ms / slo_tpot_ms;
-    `tier`: a profile with an SSD tier."""
+    `tier`: a run whose summary has the SSD tier's `host_tier` block (tiers.tier_summary), last."""
     layout = list(SUMMARY_LAYOUT)
     if slo:
         at = [k for k, _ in layout].index("e2e_ms") + 1
         layout[at:at] = SLO_LAYOUT
     if tier:
-        layout += TIER_LAYOUT
+        layout.append(("host_tier", TIER_SUMMARY_KEYS))
     return tuple(f"{k}.{s}" if s else k for k, subs in layout for s in (subs or ("",)))
 
 

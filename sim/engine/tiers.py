@@ -241,6 +241,22 @@ class HostTier:
                 "host_occupancy": len(self.cache), "host_peak_occupancy": self.peak}
 
 
+# The keys of the summary's `host_tier` block, in order (results.summary_keys(tier=True)).
+SUMMARY_KEYS = ("active", "host_memory_gib", "host_memory_rule", "host_capacity_experts", "experts", "policy",
+                "placement", "placement_reads_future", "gpudirect", "expert_read_ms", "host_hits", "host_misses",
+                "host_hit_rate", "host_evictions", "nvme_reads", "nvme_bytes", "nvme_busy", "host_occupancy",
+                "host_peak_occupancy")
+
+
+def tier_summary(plan: TierPlan | None, cfg: ReplayConfig, tier: HostTier | None) -> dict[str, Any] | None:
+    """The summary's `host_tier` block (its busy fraction filled in by Result.build): when the tier is used, or
+    when a tier setting was given (a sweep over host memory gets the block in every row). Otherwise None, so
+    that runs which never touch the SSD have the summary they had before the tier existed."""
+    if plan is None or not (plan.active or any(getattr(cfg, f) is not None for f in TIER_FLAGS)):
+        return None
+    return tier.summary(0.0) if tier is not None else inactive_summary(plan)
+
+
 def describe(p: TierPlan) -> dict[str, Any]:
     """The tier's configuration, as the summary reports it."""
     return {"active": p.active, "host_memory_gib": p.host_bytes / GIB, "host_memory_rule": p.rule,
@@ -256,4 +272,5 @@ def inactive_summary(p: TierPlan) -> dict[str, Any]:
             "host_peak_occupancy": p.total_experts}
 
 
-__all__ = ["READ", "HostTier", "TierPlan", "check_combinations", "check_parallel", "nvme_read_us", "plan_tier"]
+__all__ = ["READ", "HostTier", "TierPlan", "check_combinations", "check_parallel", "nvme_read_us", "plan_tier",
+           "tier_summary"]
