@@ -755,6 +755,11 @@ def ranked_max_rate(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---- figures -------------------------------------------------------------------------------------------------
 def plot(ev: pd.DataFrame, slos: list[Slo], path: str) -> None:
+    """plan_figure(ev, slos) written to `path` (atomically)."""
+    _save(plan_figure(ev, slos), path)
+
+
+def plan_figure(ev: pd.DataFrame, slos: list[Slo]):
     """Two panels: the first SLO's metric against $/Mtok and against peak GPU memory, Pareto fronts drawn
     (with seeds, each point's 95% CI as an error bar)."""
     from matplotlib import colormaps
@@ -813,10 +818,15 @@ def plot(ev: pd.DataFrame, slos: list[Slo], path: str) -> None:
     axes[0].set_title("latency vs cost (filled: meets every SLO)", fontsize=10)
     axes[1].set_title("latency vs GPU memory", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def plot_max_rate(df: pd.DataFrame, path: str) -> None:
+    """max_rate_figure(df) written to `path` (atomically)."""
+    _save(max_rate_figure(df), path)
+
+
+def max_rate_figure(df: pd.DataFrame):
     """Max sustainable rate against $/Mtok at that rate, one colour per GPU, the Pareto front (more load,
     less cost) drawn."""
     from matplotlib.figure import Figure
@@ -840,7 +850,7 @@ def plot_max_rate(df: pd.DataFrame, path: str) -> None:
     ax.legend(fontsize=8)
     ax.set_title("most load within the SLOs vs its cost")
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def _save(fig, path: str) -> None:

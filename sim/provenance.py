@@ -133,8 +133,20 @@ def flat_columns(prov: Mapping[str, Any]) -> dict[str, Any]:
 def sweep_provenance(spec_path: str | Path, results: Any, command: str | None = None) -> dict[str, Any]:
     """A sweep's provenance: the spec file and its sha256, and the distinct versions, traces, hardware and
     runtime profiles (name: sha256) its successful rows ran with."""
-    out: dict[str, Any] = {"simmoe_version": __version__, "spec": str(spec_path),
-                           "spec_sha256": file_sha256(spec_path)}
+    head = {"simmoe_version": __version__, "spec": str(spec_path), "spec_sha256": file_sha256(spec_path)}
+    return table_provenance(head, results, command)
+
+
+def plan_provenance(trace: str | Path, results: Any, command: str | None = None) -> dict[str, Any]:
+    """A plan's provenance: its trace and sha256, and the distinct versions and profiles its runs used."""
+    head = {"simmoe_version": __version__, "trace": str(trace), "trace_sha256": file_sha256(trace)}
+    return table_provenance(head, results, command)
+
+
+def table_provenance(head: dict[str, Any], results: Any, command: str | None = None) -> dict[str, Any]:
+    """`head` plus the distinct traces, hardware and runtime profiles (name: sha256) and simmoe versions of
+    a results table's rows (sweep rows carry them as columns), plus the command."""
+    out = dict(head)
     cols = set(getattr(results, "columns", ()))
     for what, name_col, sha_col in (("traces", "trace", "trace_sha256"), ("hw", "hw", "hw_sha256"),
                                     ("runtimes", "runtime", "runtime_sha256")):

@@ -459,3 +459,22 @@ def test_identical_runs_merge_on_several_gpus():
             d.pop("kv_reserved_bytes")
     drop = {"batch", "wall_s"}
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_plan_report_is_one_self_contained_page(tmp_path):
+    """--report DIR: the plan as printed, the figure inlined, every configuration, provenance and command."""
+    from simmoe.cli.main import main
+
+    rep = tmp_path / "rep"
+    rc = main(["plan", "--trace", "traces/deepseek-v2-lite-synth.npz", "--slo", "tpot_p95_ms=1e6", "--hw", "rtx3090",
+               "--policies", "lru", "--slots", "8", "--batch", "1", "--max-requests", "2", "--workers", "1",
+               "--report", str(rep), "-q"])
+    assert rc == 0
+    page = (rep / "index.html").read_text()
+    assert "simmoe plan" in page and "feasible, cheapest per token first" in page
+    assert "data:image/png;base64," in page and 'src="http' not in page
+    assert "trace_sha256" in page and "--report" in page  # provenance and the exact command
+    # a report folder that cannot be written is refused before any replay
+    bad = main(["plan", "--trace", "traces/deepseek-v2-lite-synth.npz", "--slo", "tpot_p95_ms=1", "--hw", "rtx3090",
+                "--report", str(tmp_path / "missing" / "deeper" / "rep")])
+    assert bad == 2

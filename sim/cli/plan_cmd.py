@@ -6,6 +6,7 @@ any replay runs)."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -69,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_json(p, "the result table and its context (with '-' the readable report goes to stderr)")
     p.add_argument("--plot", metavar="OUT.png", help="Pareto fronts: first SLO metric vs cost and vs GPU memory "
                                                      "(--find-max-rate: max rate vs cost)")
+    p.add_argument("--report", metavar="DIR", help="write DIR/index.html: a self-contained page with the plan as "
+                                                   "printed, the results table, the figure, the provenance and the "
+                                                   "command")
     p.add_argument("--top", type=int, default=15, help="feasible configurations listed (default 15)")
     p.set_defaults(func=run)
 
@@ -122,7 +126,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from simmoe.errors import InputError
     from simmoe.fileio import check_output
-    from simmoe.planning import _csv, check_slos, find_max_rate, plan, plot, plot_max_rate
+    from simmoe.planning import _csv, check_slos, find_max_rate, max_rate_figure, plan, plan_figure
+    from simmoe.plots import save
 
     _check_flags(args)
     base = {k: v for k, v in (("max_requests", args.max_requests), ("requests", args.requests)) if v is not None}
@@ -137,29 +142,36 @@ def _run(args: argparse.Namespace) -> int:
         check_output(args.plot, "--plot")
     if args.json and args.json != "-":
         check_output(args.json, "--json")
+    if args.report:
+        from simmoe.report import check_report_dir
+
+        check_report_dir(args.report)
     space: dict[str, Any] = dict(
         hws=_csv(args.hw, "--hw"), policies=_csv(args.policies, "--policies"), slots=_slots(args.slots),
         batches=_csv(args.batch, "--batch", int), seeds=1 if args.seeds is None else args.seeds, base=base,
         workers=args.workers, out=args.out, runtimes=_csv(args.runtimes, "--runtimes"),
         progress=False if args.quiet else None)
     report = sys.stderr if args.json == "-" else sys.stdout
+    text = io.StringIO()  # the readable plan, printed and kept for --report
     if args.find_max_rate:
         df = find_max_rate(args.trace, slos, tol=0.05 if args.tol is None else args.tol, start_rate=args.rate,
                            max_rate=args.max_rate, **space)
-        _print_max_rate(df, slos, args, report)
-        n_ok = int(df["feasible"].sum())
-        if args.plot:
-            plot_max_rate(df, args.plot)
+        _print_max_rate(df, slos, args, text)
+        figure = (lambda: max_rate_figure(df)) if args.plot or args.report else None
     else:
         df = plan(args.trace, slos, rate=args.rate, **space)
-        _print_plan(df, slos, args, report)
-        n_ok = int(df["feasible"].sum())
-        if args.plot:
-            plot(df, slos, args.plot)
+        _print_plan(df, slos, args, text)
+        figure = (lambda: plan_figure(df, slos)) if args.plot or args.report else None
+    n_ok = int(df["feasible"].sum())
+    report.write(text.getvalue())
+    fig = figure() if figure else None
     if args.plot:
+        save(fig, args.plot)
         print(f"\nplot -> {args.plot}", file=report)
     if args.json:
         _write_json(df, slos, args, n_ok)
+    if args.report:
+        _write_report(args, df, text.getvalue(), fig)
     return 0 if n_ok else 1
 
 
@@ -286,3 +298,17 @@ def _write_json(df, slos, args, n_ok: int) -> None:
         return
     with atomic_open(args.json) as f:
         f.write(text)
+
+
+def _write_report(args: argparse.Namespace, df, text: str, fig) -> None:
+    from simmoe.planning import SLOTS
+    from simmoe.provenance import plan_provenance
+    from simmoe.report import Section, write_report
+
+    command = getattr(args, "command_line", None)
+    mode = "the most load within the SLOs" if args.find_max_rate else "the cheapest configurations meeting the SLOs"
+    shown = [c for c in df.columns if not c.startswith(("policy_options.", "runtime_options.")) or c == SLOTS]
+    write_report(args.report, f"simmoe plan: {args.trace}", command, plan_provenance(args.trace, df, command),
+                 [Section(f"The plan: {mode}", pre=text),
+                  Section("Figure", figure=fig),
+                  Section("Every configuration", table=df[shown].reset_index(drop=True))])
