@@ -135,9 +135,11 @@ def _csv(text: str | None, flag: str, cast=str) -> list | None:
 def search_space(trace: str, hws: list[str] | None = None, policies: list[str] | None = None,
                  slots: list[int | None] | None = None, batches: list[int] | None = None,
                  rate: float | None = None, base: dict[str, Any] | None = None,
-                 runtimes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Flat parameter rows: hw x runtime x policy x cache size (for policies with slots_per_layer) x batch
-    (runtimes None: each policy's own, i.e. the named system's, else generic). Every value is checked here,
+                 runtimes: list[str] | None = None,
+                 host_memory: list[float | None] | None = None) -> list[dict[str, Any]]:
+    """Flat parameter rows: hw x host memory x runtime x policy x cache size (for policies with
+    slots_per_layer) x batch (runtimes None: each policy's own, i.e. the named system's, else generic;
+    host_memory: GiB of host memory for experts, the SSD tier's `host_memory_gib`, None = the profile's). Every value is checked here,
     before anything runs; errors name the parameter (`hws`, `slots`, ...)."""
     from simmoe.engine.config import ReplayConfig
     from simmoe.hw.profile import list_profiles, load_profile, resolve_profile_path
@@ -177,10 +179,11 @@ def search_space(trace: str, hws: list[str] | None = None, policies: list[str] |
                 resolve_runtime_path(r)
             except InputError as e:
                 raise InputError("runtimes", None, e.line()) from None
+    rams = _host_memory(host_memory, hws)
     tspec = read_trace(trace).spec
     num_experts = tspec.num_experts
     rows = []
-    for hw in hws:
+    for hw, ram in ((h, m) for h in hws for m in _rams_of(h, rams)):
         # a machine with several GPUs runs the model split over them, each way that fits the model (a
         # `parallel` in `base` chooses one); its price is the whole machine's
         modes: list[dict[str, Any]] = [{}]
@@ -200,6 +203,8 @@ def search_space(trace: str, hws: list[str] | None = None, policies: list[str] |
                 for s in (slots if sized else [None]):
                     for b in batches:
                         row = {"trace": str(trace), "hw": hw, "policy": pol, "batch": b, **extra, **mode}
+                        if ram is not None:
+                            row["host_memory_gib"] = ram
                         if rt is not None:
                             row["runtime"] = rt
                         if s is not None:
@@ -407,10 +412,62 @@ def aggregate(records: list[dict[str, Any]], ci_metrics: Sequence[str]) -> dict[
 
 
 # ---- judging -------------------------------------------------------------------------------------------------
-def _price(hw: str) -> float | None:
+def _host_memory(host_memory: list[float | None] | None, hws: list[str]) -> list[float | None]:
+    """The host-memory dimension, checked: sizes > 0 (None: the profile's own), only on profiles with an SSD
+    tier (an nvme: section), where host memory holding fewer experts than the model has means NVMe reads."""
     from simmoe.hw.profile import load_profile
 
-    return load_profile(hw).price_usd_per_hour
+    if host_memory is None:
+        return [None]
+    for m in host_memory:
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int | float) or not m > 0
+                              or not math.isfinite(m)):
+            raise InputError("host_memory", None, f"sizes must be numbers of GiB > 0 (or None: the profile's), "
+                                                  f"got {m!r}")
+    if any(m is not None for m in host_memory):
+        no_ssd = [h for h in hws if load_profile(h).nvme is None]
+        if no_ssd:
+            raise InputError("host_memory", None, f"{', '.join(no_ssd)} ha{'s' if len(no_ssd) == 1 else 've'} no "
+                                                  "nvme: section (no SSD tier): host memory would have no effect")
+    return list(dict.fromkeys(host_memory))
+
+
+def _rams_of(hw: str, rams: list[float | None]) -> list[float | None]:
+    """The host-memory sizes a profile runs with: all of them, but the profile's own on a machine with several
+    GPUs (the SSD tier is modelled with one GPU: engine/tiers.py), said once as a warning."""
+    from simmoe.errors import warn
+    from simmoe.hw.profile import load_profile
+
+    if rams == [None] or load_profile(hw).num_gpus == 1:
+        return rams
+    warn(f"host_memory: {hw} has {load_profile(hw).num_gpus} GPUs and the SSD tier is modelled with one: it runs "
+         "with its own RAM only")
+    return [None]
+
+
+# Host memory priced per GiB-hour where a plan varies it (estimate: DDR5 desktop memory at ~$3 per GB retail,
+# 2024 kit prices, amortised like the bundled profiles' purchase prices: 3 years of 24/7 use = 26,280 h).
+RAM_USD_PER_GIB_HOUR = 3.0 / 26_280
+
+
+def _price(hw: str, host_memory_gib: float | None = None) -> float | None:
+    """The profile's price per hour; with `host_memory_gib` (the SSD tier's host memory for experts), the
+    machine's RAM becomes that plus the tier's OS reserve, priced at `ram_usd_per_gib_hour` against the
+    profile's `cpu.memory_gib` at RAM_USD_PER_GIB_HOUR (more RAM costs more, less RAM saves)."""
+    from simmoe.engine.tiers import OS_RESERVED_GIB
+    from simmoe.hw.profile import load_profile
+
+    prof = load_profile(hw)
+    if prof.price_usd_per_hour is None:
+        return None
+    if host_memory_gib is None or (isinstance(host_memory_gib, float) and math.isnan(host_memory_gib)):
+        return prof.price_usd_per_hour
+    ram = float(host_memory_gib) + OS_RESERVED_GIB
+    return max(0.0, prof.price_usd_per_hour + (ram - prof.cpu.memory_gib) * RAM_USD_PER_GIB_HOUR)
+
+
+def _row_price(row: dict[str, Any] | pd.Series) -> float | None:
+    return _price(row["hw"], row.get("host_memory_gib"))
 
 
 def judge(row: dict[str, Any] | pd.Series, slos: list[Slo]) -> tuple[float, str]:
@@ -437,9 +494,8 @@ def evaluate(df: pd.DataFrame, slos: list[Slo]) -> pd.DataFrame:
         if missing:
             raise InputError("slos", None, f"no metric {missing[0]!r} in these results (a column of the sweep "
                                            "table)")
-    prices = {h: _price(h) for h in df["hw"].unique()}
     out = df.copy()
-    out["usd_per_hour"] = out["hw"].map(prices).astype(float)
+    out["usd_per_hour"] = [math.nan if (p := _row_price(r)) is None else float(p) for _, r in out.iterrows()]
     tps = out["tokens_per_s"].astype(float) if "tokens_per_s" in out else pd.Series(np.nan, index=out.index)
     out["usd_per_mtok"] = out["usd_per_hour"] / (tps * 3600) * 1e6
     feasible, binding, violation = [], [], []
@@ -517,7 +573,9 @@ def label(row: pd.Series | dict[str, Any]) -> str:
     on = f" on {rt}" if isinstance(rt, str) else ""
     par = row.get("parallel")
     split = f" {par}" if isinstance(par, str) and par != "none" else ""
-    return f"{row['hw']}{split} {row['policy']}{size}{on} b{int(row['batch'])}"
+    ram = row.get("host_memory_gib")
+    host = f" host {ram:g} GiB" if isinstance(ram, int | float) and not math.isnan(ram) else ""
+    return f"{row['hw']}{host}{split} {row['policy']}{size}{on} b{int(row['batch'])}"
 
 
 def _validate_common(slos, seeds: int, base: dict[str, Any] | None, serving: bool,
@@ -560,14 +618,15 @@ def plan(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str] | None =
          policies: list[str] | None = None, slots: list[int | None] | None = None,
          batches: list[int] | None = None, rate: float | None = None, seeds: int = 1,
          base: dict[str, Any] | None = None, workers: int | None = None, out: str | None = None,
-         progress: bool | None = None, runtimes: list[str] | None = None) -> pd.DataFrame:
+         progress: bool | None = None, runtimes: list[str] | None = None,
+         host_memory: list[float | None] | None = None) -> pd.DataFrame:
     """Every configuration of hws x runtimes x policies x slots x batches, judged against `slos`
     ('tpot_p95_ms=100', 'tokens_per_s>=20'): one row per distinct run, with `feasible`, `binding`,
     `usd_per_mtok`, `merged` (the configurations that were the same run). `rate`: Poisson arrivals at that
     many requests/s, `seeds` arrival draws each (mean and 95% CI; feasibility on the mean). Nothing runs
     until every input has been checked. `attrs`: configurations, runs, replays_run, replays_reused."""
     slos = _validate_common(slos, seeds, base, serving=rate is not None, workers=workers)
-    rows = search_space(trace, hws, policies, slots, batches, rate, base, runtimes)
+    rows = search_space(trace, hws, policies, slots, batches, rate, base, runtimes, host_memory)
     groups = merge_identical(rows)
     ci = list(dict.fromkeys([s.metric for s in slos] + ["tokens_per_s"])) if rate is not None else []
     with _store(out) as path, _bar(progress, "plan") as bar:
@@ -605,7 +664,8 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
                   batches: list[int] | None = None, seeds: int = 1, tol: float = 0.05,
                   start_rate: float | None = None, max_rate: float | None = None,
                   base: dict[str, Any] | None = None, workers: int | None = None, out: str | None = None,
-                  progress: bool | None = None, runtimes: list[str] | None = None) -> pd.DataFrame:
+                  progress: bool | None = None, runtimes: list[str] | None = None,
+         host_memory: list[float | None] | None = None) -> pd.DataFrame:
     """Per configuration, the highest Poisson arrival rate (requests/s) at which every SLO holds.
 
     The search brackets, then bisects (geometrically) until the lowest infeasible rate is within `tol`
@@ -642,7 +702,7 @@ def find_max_rate(trace: str, slos: Sequence[str | Slo] | str, *, hws: list[str]
     if start_rate is not None and max_rate is not None and max_rate < start_rate:
         raise InputError("max_rate", None, f"must be >= start_rate ({start_rate:g}), got {max_rate:g}")
     # rate 1 stands for every rate: checks the values and prepares the serving scenario (its memory plan)
-    rows = search_space(trace, hws, policies, slots, batches, 1.0, base, runtimes)
+    rows = search_space(trace, hws, policies, slots, batches, 1.0, base, runtimes, host_memory)
     groups = merge_identical(rows)
     ci = list(dict.fromkeys([s.metric for s in slos] + ["tokens_per_s"]))
     states = [_Search(g) for g in groups]
@@ -716,7 +776,7 @@ def _max_rate_row(st: _Search, slos: list[Slo], ci: list[str]) -> dict[str, Any]
     p = st.group.params
     row: dict[str, Any] = {k: v for k, v in p.items() if k not in ("arrivals", "rate", "seed")}
     row["key"] = "|".join(f"{k}={v}" for k, v in sorted(row.items()))
-    price = _price(p["hw"])
+    price = _row_price(p)
     row.update(max_rate=math.nan, rate_infeasible=math.nan, bounded=False, feasible=False, status="ok",
                error="", binding="", usd_per_hour=math.nan if price is None else float(price),
                usd_per_mtok=math.nan, replays=st.replays,

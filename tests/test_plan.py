@@ -478,3 +478,41 @@ def test_plan_report_is_one_self_contained_page(tmp_path):
     bad = main(["plan", "--trace", "traces/deepseek-v2-lite-synth.npz", "--slo", "tpot_p95_ms=1", "--hw", "rtx3090",
                 "--report", str(tmp_path / "missing" / "deeper" / "rep")])
     assert bad == 2
+
+
+def test_host_memory_is_a_plan_dimension_priced_by_the_ram():
+    """Two 3090s or one 4090 with less / more RAM: host memory sizes the SSD tier, and the price follows it."""
+    import warnings
+
+    from simmoe.errors import InputError, SimmoeWarning
+    from simmoe.planning import RAM_USD_PER_GIB_HOUR, _price, plan, search_space
+
+    trace = "traces/mixtral-8x7b-synth.npz"
+    rows = search_space(trace, ["rtx4090"], ["lru"], [None], [1], host_memory=[48.0, None])
+    assert [r.get("host_memory_gib") for r in rows] == [48.0, None]
+    with warnings.catch_warnings(record=True) as caught:  # several GPUs: their own RAM only, said once
+        warnings.simplefilter("always", SimmoeWarning)
+        rows = search_space(trace, ["2x-rtx3090"], ["lru"], [None], [1], host_memory=[48.0, None])
+    assert all("host_memory_gib" not in r for r in rows) and len(caught) == 1
+    with pytest.raises(InputError, match="host_memory: a100-80gb-sxm has no nvme"):
+        search_space(trace, ["a100-80gb-sxm"], ["lru"], [None], [1], host_memory=[48.0])
+    with pytest.raises(InputError, match="host_memory"):
+        search_space(trace, ["rtx4090"], ["lru"], [None], [1], host_memory=[0])
+    # the rtx4090 desktop has 96 GiB: 48 GiB for experts (+4 GiB OS reserve) is 44 GiB less RAM
+    base = _price("rtx4090")
+    assert _price("rtx4090", 48.0) == pytest.approx(base - 44 * RAM_USD_PER_GIB_HOUR)
+    ev = plan(trace, ["tpot_p95_ms=1e6"], hws=["rtx4090"], policies=["lru"], slots=[None], batches=[1],
+              host_memory=[48.0, None], base={"max_requests": 1}, workers=1, progress=False)
+    small = ev[ev["host_memory_gib"] == 48.0].iloc[0]
+    full = ev[ev["host_memory_gib"].isna()].iloc[0]
+    assert small["host_tier.nvme_bytes"] > 0  # experts beyond 48 GiB come from the SSD
+    assert small["tpot_ms.p95"] > full["tpot_ms.p95"] and small["usd_per_hour"] < full["usd_per_hour"]
+
+
+def test_host_memory_flag_errors_are_one_line():
+    from simmoe.cli.main import main
+
+    assert main(["plan", "--trace", "traces/mixtral-8x7b-synth.npz", "--slo", "tpot_p95_ms=1", "--hw", "rtx4090",
+                 "--host-memory-gib", "32,lots"]) == 2
+    assert main(["plan", "--trace", "traces/mixtral-8x7b-synth.npz", "--slo", "tpot_p95_ms=1", "--hw", "h100-sxm",
+                 "--host-memory-gib", "32"]) == 2

@@ -18,7 +18,7 @@ from simmoe.cli import common
 # the Python API's parameter names (errors name them) -> this command's flags
 FLAGS = {"slos": "--slo", "hws": "--hw", "policies": "--policies", "slots": "--slots", "batches": "--batch",
          "runtimes": "--runtimes", "seeds": "--seeds", "tol": "--tol", "start_rate": "--rate",
-         "max_rate": "--max-rate", "trace": "--trace", "workers": "--workers"}
+         "max_rate": "--max-rate", "trace": "--trace", "workers": "--workers", "host_memory": "--host-memory-gib"}
 
 
 _DESCRIPTION = "\n\n".join(textwrap.fill(t, 100) for t in (
@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", help="comma-separated cache policies / systems (default: lru,ondemand,cpu-experts)")
     p.add_argument("--slots", help="comma-separated cache sizes in slots per layer for sized policies; 'auto' "
                                    "= all free GPU memory (default: E/8, E/4, E/2, auto)")
+    p.add_argument("--host-memory-gib", metavar="LIST",
+                   help="comma-separated GiB of host memory for experts (the SSD tier: beyond it experts are read "
+                        "from NVMe; profiles with an nvme: section); 'auto' = the profile's RAM. The price follows "
+                        "the RAM (README: Capacity planning)")
     p.add_argument("--batch", help="comma-separated batch sizes (default: 1,4)")
     p.add_argument("--max-requests", type=int, help="replay only the first N requests of the trace")
     p.add_argument("--requests", type=int, help="cycle the trace's requests up to N (serving runs: enough "
@@ -75,6 +79,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "command")
     p.add_argument("--top", type=int, default=15, help="feasible configurations listed (default 15)")
     p.set_defaults(func=run)
+
+
+def _host_memory(text: str | None) -> list[float | None] | None:
+    from simmoe.errors import InputError
+
+    if text is None:
+        return None
+    out: list[float | None] = []
+    for t in (x.strip() for x in text.split(",") if x.strip()):
+        try:
+            out.append(None if t == "auto" else float(t))
+        except ValueError:
+            raise InputError("--host-memory-gib", text, f"{t!r} is not a number of GiB or 'auto'") from None
+    if not out:
+        raise InputError("--host-memory-gib", text, "empty list")
+    return out
 
 
 def _slots(text: str | None) -> list[int | None] | None:
@@ -150,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         hws=_csv(args.hw, "--hw"), policies=_csv(args.policies, "--policies"), slots=_slots(args.slots),
         batches=_csv(args.batch, "--batch", int), seeds=1 if args.seeds is None else args.seeds, base=base,
         workers=args.workers, out=args.out, runtimes=_csv(args.runtimes, "--runtimes"),
-        progress=False if args.quiet else None)
+        host_memory=_host_memory(args.host_memory_gib), progress=False if args.quiet else None)
     report = sys.stderr if args.json == "-" else sys.stdout
     text = io.StringIO()  # the readable plan, printed and kept for --report
     if args.find_max_rate:
