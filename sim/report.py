@@ -145,7 +145,7 @@ def replay_sections(result: Result) -> list[Section]:
     from matplotlib.figure import Figure
 
     from simmoe import plots
-    from simmoe.compare import compare, figure  # `simmoe.compare` is the function (the notebook API)
+    from simmoe.comparison import compare, figure  # `simmoe.compare` is the function (the notebook API)
 
     s = result.summary
     lat = pd.DataFrame([{"latency (ms)": k, **{p: v for p, v in s[k].items()}}

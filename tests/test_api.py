@@ -44,13 +44,10 @@ def test_exports_resolve_and_unknown_names_are_attribute_errors():
         simmoe.no_such_thing  # noqa: B018
 
 
-def test_compare_is_exported_when_its_module_exists():
-    if not (REPO / "sim" / "compare.py").exists():
-        assert "compare" not in simmoe.__all__ and not hasattr(simmoe, "compare")
-        pytest.skip("sim/compare.py is not in this version")
+def test_compare_is_exported():
     import importlib
 
-    module = importlib.import_module("simmoe.compare")  # importing the module does not replace the function
+    module = importlib.import_module("simmoe.comparison")  # the module is simmoe.comparison: no name clash
     assert simmoe.compare is module.compare and callable(simmoe.compare)
     with pytest.raises(InputError, match=r"^where: selects rows of sweep tables"):  # its errors name parameters
         simmoe.compare([simmoe.replay(TRACE, "rtx3090", **SMALL)], where=["policy=lru"])

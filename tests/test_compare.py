@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import assert_clean_error, run_main
 
-from simmoe.compare import compare, format_table, load_runs, metric_rows, to_dict, vs_first
+from simmoe.comparison import compare, format_table, load_runs, metric_rows, to_dict, vs_first
 from simmoe.trace.format import write_trace
 from simmoe.trace.synth import PRESETS, synth_trace
 

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simmoe.compare import compare, figure, format_table, to_dict
+    from simmoe.comparison import compare, figure, format_table, to_dict
     from simmoe.errors import warn
 
     common.check_json(args.json)
