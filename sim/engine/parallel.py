@@ -338,18 +338,9 @@ class ParallelStepTiming:
         rh = part0.rh
         rec = tl.record
         dense = self.dense
-        d = dense.dense_costs(step)
-        ka, kr, kd, ks = d.ka, d.kr, d.kd, d.ks
-        graphed = dense.graphed(step)
-        tl.host.launch_us = 0.0 if graphed else self.launch_us
         g = ps.layer_gpu[0]
         tl.set_device(g)
-        if graphed:
-            tl.host_work(hw.host.graph_launch_us, name="launch the step's CUDA graph")
-        if rh.per_step_us:
-            tl.host_work(rh.per_step_us, name="step bookkeeping")
-        if ks:
-            tl.kernels(ks // 2 or 1, d.extra_each, name="embed")
+        d = dense.begin_dense_step(step, tl)
         act = sc0.costs.activation_bytes(len(step.rows))
         kpe = dense.expert_launches(step)
         for li in range(spec.num_layers):
@@ -361,21 +352,10 @@ class ParallelStepTiming:
                 tl.wait(done)
                 g = lg
             part = self.parts[g]
-            if rh.per_layer_us:
-                tl.host_work(rh.per_layer_us, name=f"L{li} bookkeeping" if rec else "")
-            if ka:
-                tl.kernels(ka, d.attn_each, name=f"L{li} attention" if rec else "")
             m = ps.driver.moe_of[li]
+            r_end = dense.layer_before_experts(tl, d, li, m >= 0)
             if m < 0:
-                tl.kernels(kd, d.dense_each, name=f"L{li} ffn" if rec else "")
                 continue
-            r_end = tl.kernels(kr, d.router_each, name=f"L{li} router" if rec else "")
-            if d.shared_each:
-                tl.kernels(kd, d.shared_each, name=f"L{li} shared experts" if rec else "")
-            for _ in range(rh.syncs_per_moe_layer):
-                tl.sync(r_end, name=f"L{li} routing to host" if rec else "")
-            if rh.per_moe_layer_us:
-                tl.host_work(rh.per_moe_layer_us, name=f"L{li} routing bookkeeping" if rec else "")
             if pipeline:
                 ops, cpu, pre = self.planners[g].plan_layer(m - ps.moe_lo[g])
                 self._experts(part, ops, li, kpe)
@@ -409,8 +389,8 @@ class ParallelStepTiming:
                        wait="peer" if back else "cpu")
             if pre:
                 part0._prefetch(pre)
-        if ks:
-            tl.kernels(ks - (ks // 2 or 1) or 1, d.extra_each, name="lm_head+sample")
+        if d.ks:
+            tl.kernels(d.ks - (d.ks // 2 or 1) or 1, d.extra_each, name="lm_head+sample")
         for _ in range(max(rh.syncs_per_step, 1)):
             tl.sync(name="token to host")
         self._close_step(counters)

@@ -121,38 +121,53 @@ class StepTiming:
         """Whether the step replays captured CUDA graphs (no per-kernel launch cost on the host)."""
         return len(step.rows) <= self.rh.graphs_max_tokens
 
+    def begin_dense_step(self, step: Step, tl) -> DenseCosts:
+        """The step's dense costs, and its start on the host: the launch mode (a captured graph replays the
+        step's kernels without per-kernel launch cost), the runtime's per-step bookkeeping, the embedding."""
+        d = self.dense_costs(step)
+        graphed = self.graphed(step)
+        tl.host.launch_us = 0.0 if graphed else self.launch_us
+        if graphed:
+            tl.host_work(self.sc.hw.host.graph_launch_us, name="launch the step's CUDA graph")
+        if self.rh.per_step_us:
+            tl.host_work(self.rh.per_step_us, name="step bookkeeping")
+        if d.ks:
+            tl.kernels(d.ks // 2 or 1, d.extra_each, name="embed")
+        return d
+
+    def layer_before_experts(self, tl, d: DenseCosts, li: int, moe: bool):
+        """Layer li's work before its experts: bookkeeping and attention; then a dense layer's FFN (returns
+        None), or a MoE layer's router, shared experts, routing read-backs and bookkeeping (returns the
+        router's handle, what the experts and CPU experts wait for)."""
+        rh, rec = self.rh, tl.record
+        if rh.per_layer_us:
+            tl.host_work(rh.per_layer_us, name=f"L{li} bookkeeping" if rec else "")
+        if d.ka:
+            tl.kernels(d.ka, d.attn_each, name=f"L{li} attention" if rec else "")
+        if not moe:
+            tl.kernels(d.kd, d.dense_each, name=f"L{li} ffn" if rec else "")
+            return None
+        r_end = tl.kernels(d.kr, d.router_each, name=f"L{li} router" if rec else "")
+        if d.shared_each:
+            tl.kernels(d.kd, d.shared_each, name=f"L{li} shared experts" if rec else "")
+        for _ in range(rh.syncs_per_moe_layer):
+            tl.sync(r_end, name=f"L{li} routing to host" if rec else "")
+        if rh.per_moe_layer_us:
+            tl.host_work(rh.per_moe_layer_us, name=f"L{li} routing bookkeeping" if rec else "")
+        return r_end
+
     def play(self, step: Step, i: int, planner: AccessPlanner) -> None:
         """Issue step i's work on the timeline (the planner decides each layer's expert actions)."""
         sc, tl = self.sc, self.tl
         hw, spec, rh = sc.hw, sc.spec, self.rh
         rec = tl.record
         planner.begin_step(step, i)
-        d = self.dense_costs(step)
-        ka, kr, kd, ks = d.ka, d.kr, d.kd, d.ks
-        graphed = self.graphed(step)
-        tl.host.launch_us = 0.0 if graphed else self.launch_us
-        if graphed:
-            tl.host_work(hw.host.graph_launch_us, name="launch the step's CUDA graph")
-        if rh.per_step_us:
-            tl.host_work(rh.per_step_us, name="step bookkeeping")
-        if ks:
-            tl.kernels(ks // 2 or 1, d.extra_each, name="embed")
+        d = self.begin_dense_step(step, tl)
         for li in range(spec.num_layers):
-            if rh.per_layer_us:
-                tl.host_work(rh.per_layer_us, name=f"L{li} bookkeeping" if rec else "")
-            if ka:
-                tl.kernels(ka, d.attn_each, name=f"L{li} attention" if rec else "")
             m = sc.moe_of[li]
+            r_end = self.layer_before_experts(tl, d, li, m >= 0)
             if m < 0:
-                tl.kernels(kd, d.dense_each, name=f"L{li} ffn" if rec else "")
                 continue
-            r_end = tl.kernels(kr, d.router_each, name=f"L{li} router" if rec else "")
-            if d.shared_each:
-                tl.kernels(kd, d.shared_each, name=f"L{li} shared experts" if rec else "")
-            for _ in range(rh.syncs_per_moe_layer):
-                tl.sync(r_end, name=f"L{li} routing to host" if rec else "")
-            if rh.per_moe_layer_us:
-                tl.host_work(rh.per_moe_layer_us, name=f"L{li} routing bookkeeping" if rec else "")
             ops, cpu, pre = planner.plan_layer(m)
             if self.rk.fused:
                 self.issue_fused(ops, li)
@@ -162,8 +177,8 @@ class StepTiming:
             tl.kernels(1, hw.gpu.kernel_min_us, after=cpu_done, name=f"L{li} combine" if rec else "", wait="cpu")
             if pre:
                 self._prefetch(pre)
-        if ks:
-            tl.kernels(ks - (ks // 2 or 1) or 1, d.extra_each, name="lm_head+sample")
+        if d.ks:
+            tl.kernels(d.ks - (d.ks // 2 or 1) or 1, d.extra_each, name="lm_head+sample")
         for _ in range(max(rh.syncs_per_step, 1)):  # the step ends when its token is on the host
             tl.sync(name="token to host")
 
