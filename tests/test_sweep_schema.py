@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import jsonschema
 import pytest
 import yaml
 
@@ -18,7 +19,6 @@ from tests.conftest import REPO, assert_clean_error, run_main
 
 SCHEMA_FILE = REPO / "docs" / "sweep-spec.schema.json"
 TINY = REPO / "traces" / "tinymoe-stdlib.npz"
-jsonschema = pytest.importorskip("jsonschema")
 
 
 def _validator():
