@@ -495,7 +495,10 @@ def evaluate(df: pd.DataFrame, slos: list[Slo]) -> pd.DataFrame:
             raise InputError("slos", None, f"no metric {missing[0]!r} in these results (a column of the sweep "
                                            "table)")
     out = df.copy()
-    out["usd_per_hour"] = [math.nan if (p := _row_price(r)) is None else float(p) for _, r in out.iterrows()]
+    ram = out["host_memory_gib"] if "host_memory_gib" in out else pd.Series(None, index=out.index, dtype=object)
+    pairs = [(h, None if pd.isna(m) else float(m)) for h, m in zip(out["hw"], ram)]
+    prices = {pr: _price(*pr) for pr in dict.fromkeys(pairs)}  # a profile read once per (hw, host memory)
+    out["usd_per_hour"] = [math.nan if prices[pr] is None else float(prices[pr]) for pr in pairs]
     tps = out["tokens_per_s"].astype(float) if "tokens_per_s" in out else pd.Series(np.nan, index=out.index)
     out["usd_per_mtok"] = out["usd_per_hour"] / (tps * 3600) * 1e6
     feasible, binding, violation = [], [], []

@@ -160,8 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         check_out(args.out)
     if args.plot:
         check_output(args.plot, "--plot")
-    if args.json and args.json != "-":
-        check_output(args.json, "--json")
+    common.check_json(args.json)
     if args.report:
         from simmoe.report import check_report_dir
 
@@ -296,8 +295,6 @@ def _print_max_rate(df, slos, args, out) -> None:
 
 
 def _write_json(df, slos, args, n_ok: int) -> None:
-    from simmoe.fileio import atomic_open
-
     def clean(v):
         if hasattr(v, "item") and callable(v.item):
             v = v.item()
@@ -312,12 +309,7 @@ def _write_json(df, slos, args, n_ok: int) -> None:
            "feasibility": "judged on the mean over the seeds",
            **({"tol": 0.05 if args.tol is None else args.tol} if args.find_max_rate else {}),
            **{k: int(v) for k, v in df.attrs.items()}, "feasible": n_ok, "results": records}
-    text = json.dumps(doc, indent=2, default=str) + "\n"
-    if args.json == "-":
-        sys.stdout.write(text)
-        return
-    with atomic_open(args.json) as f:
-        f.write(text)
+    common.write_json(args.json, json.dumps(doc, indent=2, default=str))
 
 
 def _write_report(args: argparse.Namespace, df, text: str, fig) -> None:
